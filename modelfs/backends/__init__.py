@@ -1,0 +1,38 @@
+"""Blob backends and the store URLs that name them.
+
+A store URL is a plain path or file:///abs/path (LocalBackend) or memory://
+(MemoryBackend, tests only). s3:// arrives with the S3 issue.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+from ..errors import StoreNotFoundError
+from .base import Backend, BlobInfo, ByteRange
+from .local import LocalBackend
+from .memory import MemoryBackend
+
+__all__ = ["Backend", "BlobInfo", "ByteRange", "LocalBackend", "MemoryBackend", "open_backend"]
+
+
+def open_backend(url: str | os.PathLike[str], *, create: bool = False) -> Backend:
+    """The backend a store URL names. create=True makes a missing local directory."""
+    text = os.fspath(url)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise StoreNotFoundError(f"file:// URL {text!r} names a remote host")
+            path = unquote(parsed.path)
+        else:
+            path = text
+        if not path:
+            raise StoreNotFoundError("empty store path")
+        if not create and not os.path.isdir(path):
+            raise StoreNotFoundError(f"no store at {text!r}: {path} is not a directory")
+        return LocalBackend(path, create=create)
+    if parsed.scheme == "memory":
+        return MemoryBackend()
+    raise StoreNotFoundError(f"unsupported store URL {text!r}: use a path or file:///abs/path")

@@ -1,0 +1,366 @@
+"""The modelfs command line: parses, calls the Python API, prints. No logic of its own.
+
+Exit status: 0 success, 1 a modelfs error (message on stderr, nothing
+changed), 2 bad usage, 3 fsck found problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from .client import DEFAULT_CACHE_SIZE, Client, init_store, open_store
+from .errors import ModelfsError
+from .store import ChunkingLimits, StoreConfig
+
+log = logging.getLogger("modelfs")
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512M', '4096' -> bytes (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units and t[-1] != "" else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (try 512M or 10G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+class ProgressBar:
+    """Bytes done, total and rate on one stderr line; silent when stderr is not a terminal."""
+
+    def __init__(
+        self, label: str, total: int, stream: TextIO = sys.stderr, force: bool = False
+    ) -> None:
+        self.label, self.total, self.stream = label, total, stream
+        self.enabled = force or stream.isatty()
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.2 or self.done >= self.total):
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        rate = self.done / max(now - self.start, 1e-6)
+        pct = 100 * self.done / self.total if self.total else 100
+        self.stream.write(
+            f"\r{self.label}: {human(self.done)} / {human(self.total)} ({pct:3.0f}%) {human(rate)}/s   "
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _open(args: argparse.Namespace) -> Client:
+    return open_store(args.store, cache_dir=args.cache_dir, cache_size=args.cache_size)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = StoreConfig(
+        chunking=ChunkingLimits(
+            min_size=args.min_block_size, avg_size=args.avg_block_size, max_size=args.max_block_size
+        ),
+        zstd_level=args.zstd_level,
+        pack_size=args.pack_size,
+    )
+    init_store(args.store, config)
+    print(f"initialised modelfs store at {args.store}")
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    metadata = {}
+    for item in args.meta or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelfsError(f"--meta takes KEY=VALUE, not {item!r}")
+        metadata[key] = value
+    local = args.local
+    if local == "-":
+        source: Any = sys.stdin.buffer
+        total = 0
+        dest = args.path
+        if not dest:
+            raise ModelfsError("reading standard input needs a destination PATH")
+    else:
+        if not os.path.exists(local):
+            raise ModelfsError(f"no such local file: {local}")
+        if os.path.isdir(local):
+            raise ModelfsError(f"{local} is a directory; put takes one file")
+        source, total = local, os.path.getsize(local)
+        dest = args.path or os.path.basename(local)
+    with _open(args) as client:
+        bar = ProgressBar(f"put {dest}", total, force=args.progress)
+        result = client.put(dest, source, metadata=metadata, message=args.message, progress=bar)
+        bar.close()
+    if args.json:
+        _print_json(asdict(result))
+    else:
+        saved = result.size - result.uploaded_bytes
+        print(
+            f"{result.path} version {result.version}: {human(result.size)} in {result.blocks} blocks "
+            f"({result.layout}); {result.new_blocks} new, {human(result.uploaded_bytes)} uploaded, "
+            f"{human(saved)} saved by dedup and compression; "
+            f"{human(result.size / max(result.seconds, 1e-6))}/s"
+        )
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _open(args) as client, client.open(args.path, args.version) as f:
+        if args.local == "-":
+            _copy(f, sys.stdout.buffer, None)
+            return 0
+        dest = args.local or os.path.basename(f.path)
+        if os.path.isdir(dest):
+            dest = os.path.join(dest, os.path.basename(f.path))
+        bar = ProgressBar(f"get {f.path}", f.size, force=args.progress)
+        # Write beside the destination and rename: a failed read leaves nothing half-written.
+        fd, tmp = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(dest)), prefix=".modelfs-get-"
+        )
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _copy(f, out, bar)
+            os.replace(tmp, dest)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        bar.close()
+    if not args.quiet:
+        print(f"{f.path} version {f.version} -> {dest} ({human(f.size)})", file=sys.stderr)
+    return 0
+
+
+def _copy(src: Any, dst: Any, progress: Callable[[int], None] | None) -> None:
+    while chunk := src.read(16 << 20):
+        dst.write(chunk)
+        if progress:
+            progress(len(chunk))
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    with _open(args) as client, client.open(args.path, args.version) as f:
+        _copy(f, sys.stdout.buffer, None)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        files = client.list(args.prefix)
+    if args.json:
+        _print_json([asdict(f) for f in files])
+        return 0
+    for f in files:
+        if args.long:
+            print(f"{f.size:>14}  v{f.version:<4} {_when(f.time)}  {f.path}")
+        else:
+            print(f.path)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        versions = client.history(args.path)
+    if args.json:
+        _print_json([Client.version_dict(v) for v in versions])
+        return 0
+    for v in reversed(versions):
+        if v.deleted:
+            print(f"v{v.version:<4} {_when(v.time)}  deleted")
+        else:
+            msg = f"  {v.message}" if v.message else ""
+            print(f"v{v.version:<4} {_when(v.time)}  {v.size:>14}  {v.content_hash}{msg}")
+    return 0
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        info = client.stat(args.path, args.version) if args.path else client.store_stats()
+    if args.json:
+        _print_json(info)
+        return 0
+    for key, value in info.items():
+        if key.endswith("bytes") or key.startswith("logical") or key == "size":
+            value = f"{value} ({human(value)})"
+        elif isinstance(value, float) and key.endswith("ratio"):
+            value = f"{value:.3f}"
+        elif key == "time":
+            value = _when(value)
+        print(f"{key:>28}: {value}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        v = client.delete(args.path)
+    print(f"{args.path}: deleted as version {v.version}; earlier versions remain in its history")
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        bar = ProgressBar("fsck", 0, force=args.progress)
+        report = client.fsck(bar)
+        bar.close()
+    if args.json:
+        _print_json({**asdict(report), "ok": report.ok})
+    else:
+        print(
+            f"checked {report.packs_checked} packs, {report.blocks_checked} blocks "
+            f"({human(report.bytes_checked)}), {report.versions_checked} versions of "
+            f"{report.files_checked} files"
+        )
+        for p in report.problems:
+            print(f"problem: {p}")
+        for p in report.missing_packs:
+            print(f"missing pack: {p}")
+        for why in report.corrupt_blocks.values():
+            print(f"corrupt: {why}")
+        for a in report.affected:
+            where = f" version {a['version']}" if "version" in a else ""
+            at = f" at offset {a['offset']}" if "offset" in a else ""
+            print(f"affected: {a['path']}{where}{at}: {a['problem']}")
+        print("no problems found" if report.ok else "PROBLEMS FOUND")
+    return 0 if report.ok else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelfs", description="A deduplicating, verified store for model files."
+    )
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("store", help="store URL: a path or file:///abs/path")
+    common.add_argument(
+        "--cache-dir", help="local block cache directory (default ~/.cache/modelfs/...)"
+    )
+    common.add_argument(
+        "--cache-size", type=parse_size, default=DEFAULT_CACHE_SIZE, help="cache limit, e.g. 10G"
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument(
+        "--progress", action="store_true", help="show progress even when not on a terminal"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("init", cmd_init, "create an empty store")
+    defaults = ChunkingLimits()
+    sp.add_argument("--min-block-size", type=parse_size, default=defaults.min_size)
+    sp.add_argument("--avg-block-size", type=parse_size, default=defaults.avg_size)
+    sp.add_argument("--max-block-size", type=parse_size, default=defaults.max_size)
+    sp.add_argument("--zstd-level", type=int, default=StoreConfig().zstd_level)
+    sp.add_argument("--pack-size", type=parse_size, default=StoreConfig().pack_size)
+
+    sp = add("put", cmd_put, "store a local file as the next version of PATH")
+    sp.add_argument("local", help="local file, or - for standard input")
+    sp.add_argument("path", nargs="?", help="path in the store (default: the file's name)")
+    sp.add_argument("-m", "--message", default="", help="a note kept with the version")
+    sp.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help="metadata, e.g. user.metric.accuracy=0.91",
+    )
+
+    sp = add("get", cmd_get, "copy a stored file to a local file")
+    sp.add_argument("path")
+    sp.add_argument(
+        "local", nargs="?", help="destination file or directory, or - for standard output"
+    )
+    sp.add_argument("--version", type=int, help="a past version (default: current)")
+    sp.add_argument("-q", "--quiet", action="store_true")
+
+    sp = add("cat", cmd_cat, "write a stored file to standard output")
+    sp.add_argument("path")
+    sp.add_argument("--version", type=int)
+
+    sp = add("ls", cmd_ls, "list stored files")
+    sp.add_argument("prefix", nargs="?", default="", help="a directory in the store")
+    sp.add_argument("-l", "--long", action="store_true", help="sizes, versions and times")
+
+    sp = add("log", cmd_log, "versions of a stored file, newest first")
+    sp.add_argument("path")
+
+    sp = add("stat", cmd_stat, "blocks, dedup and compression of a file, or of the whole store")
+    sp.add_argument("path", nargs="?")
+    sp.add_argument("--version", type=int)
+
+    sp = add("rm", cmd_rm, "delete a file (its history is kept)")
+    sp.add_argument("path")
+
+    add("fsck", cmd_fsck, "read and verify every block; report what is corrupt or missing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except ModelfsError as e:
+        print(f"modelfs: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as e:
+        print(f"modelfs: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        print("modelfs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

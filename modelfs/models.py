@@ -1,0 +1,202 @@
+"""save_model, load_model, update_model: dicts of tensors in, safetensors files out.
+
+For code that mounts nothing. A model is stored as a safetensors file (never
+pickle) at NAME.safetensors in the store, which is split at tensor
+boundaries, so update_model's new version uploads only the tensors that
+changed. Tensors are numpy arrays, or torch tensors when torch is installed;
+load_model returns the kind that was saved unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .client import Client, open_store
+from .errors import FormatError, ModelfsError
+from .store import PutResult
+from .store.tensorfile import DTYPE_SIZES, TensorBytes, encode_header, parse_layout
+
+FRAMEWORK_KEY = "modelfs.framework"
+
+_NUMPY_TO_DTYPE = {
+    np.dtype(np.bool_): "BOOL", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8",
+    np.dtype(np.int16): "I16", np.dtype(np.uint16): "U16", np.dtype(np.float16): "F16",
+    np.dtype(np.int32): "I32", np.dtype(np.uint32): "U32", np.dtype(np.float32): "F32",
+    np.dtype(np.int64): "I64", np.dtype(np.uint64): "U64", np.dtype(np.float64): "F64",
+}  # fmt: skip
+_DTYPE_TO_NUMPY = {v: k for k, v in _NUMPY_TO_DTYPE.items()}
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _tensor_bytes(name: str, value: Any) -> tuple[TensorBytes, str]:
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        dtype = {
+            torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+            torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
+            torch.float32: "F32", torch.int64: "I64", torch.float64: "F64",
+        }.get(t.dtype)  # fmt: skip
+        if dtype is None:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot hold")
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
+        return TensorBytes(dtype, tuple(t.shape), raw.tobytes()), "torch"
+    arr = np.asarray(value)
+    if arr.dtype.name == "bfloat16":  # ml_dtypes
+        dtype = "BF16"
+    else:
+        dtype = _NUMPY_TO_DTYPE.get(
+            arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else arr.dtype
+        )
+    if dtype is None:
+        raise TypeError(f"tensor {name!r} has dtype {arr.dtype}, which safetensors cannot hold")
+    arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+    return TensorBytes(dtype, arr.shape, arr.tobytes()), "numpy"
+
+
+def encode_model(params: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The bytes of a safetensors file holding params."""
+    if not isinstance(params, Mapping) or not params:
+        raise ValueError("params must be a non-empty dict of tensor name to tensor")
+    tensors: dict[str, TensorBytes] = {}
+    kinds = set()
+    for name, value in params.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r}")
+        tensors[name], kind = _tensor_bytes(name, value)
+        kinds.add(kind)
+    meta = dict(metadata or {})
+    meta[FRAMEWORK_KEY] = "torch" if "torch" in kinds else "numpy"
+    header = encode_header(tensors, meta)
+    return header + b"".join(tensors[n].data for n in sorted(tensors))
+
+
+def decode_model(data: bytes, framework: str | None = None) -> dict[str, Any]:
+    """The tensors of a safetensors file, as numpy arrays or torch tensors."""
+    layout = parse_layout(data, len(data))
+    if layout is None:
+        raise FormatError("not a valid safetensors file")
+    framework = framework or layout.metadata.get(FRAMEWORK_KEY, "numpy")
+    torch = _torch() if framework == "torch" else None
+    if framework == "torch" and torch is None:
+        framework = "numpy"
+    out: dict[str, Any] = {}
+    for t in layout.tensors:
+        raw = data[t.start : t.end]
+        if torch is not None:
+            tdtype = {
+                "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+                "F16": torch.float16, "BF16": torch.bfloat16, "I32": torch.int32,
+                "F32": torch.float32, "I64": torch.int64, "F64": torch.float64,
+            }.get(t.dtype)  # fmt: skip
+            if tdtype is None:
+                raise FormatError(f"tensor {t.name!r} has dtype {t.dtype}, which torch cannot hold")
+            tensor = (
+                torch.frombuffer(bytearray(raw), dtype=tdtype)
+                if raw
+                else torch.empty(0, dtype=tdtype)
+            )
+            out[t.name] = tensor.reshape(t.shape)
+            continue
+        np_dtype = _DTYPE_TO_NUMPY.get(t.dtype)
+        if np_dtype is None and t.dtype == "BF16":
+            try:
+                import ml_dtypes  # type: ignore[import-not-found]
+
+                np_dtype = np.dtype(ml_dtypes.bfloat16)
+            except ImportError:
+                raise FormatError(
+                    f"tensor {t.name!r} is bfloat16, which numpy cannot hold: "
+                    "install torch or ml_dtypes, or pass framework='torch'"
+                ) from None
+        if np_dtype is None or DTYPE_SIZES.get(t.dtype) != np_dtype.itemsize:
+            raise FormatError(f"tensor {t.name!r} has dtype {t.dtype}, which numpy cannot hold")
+        out[t.name] = np.frombuffer(raw, dtype=np_dtype.newbyteorder("<")).reshape(t.shape).copy()
+    return out
+
+
+def model_path(name: str) -> str:
+    return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+def _client(store: str | os.PathLike[str] | Client | None) -> tuple[Client, bool]:
+    if isinstance(store, Client):
+        return store, False
+    url = store if store is not None else os.environ.get("MODELFS_STORE")
+    if not url:
+        raise ModelfsError("no store given: pass store=URL or set MODELFS_STORE")
+    return open_store(url, create=True), True
+
+
+def save_model(
+    name: str,
+    params: Mapping[str, Any],
+    *,
+    store: str | os.PathLike[str] | Client | None = None,
+    metadata: Mapping[str, str] | None = None,
+    message: str = "",
+) -> PutResult:
+    """Store params (name -> tensor) as a new version of NAME.safetensors."""
+    data = encode_model(params, metadata)
+    client, owned = _client(store)
+    try:
+        return client.put(model_path(name), data, message=message)
+    finally:
+        if owned:
+            client.close()
+
+
+def load_model(
+    name: str,
+    *,
+    store: str | os.PathLike[str] | Client | None = None,
+    version: int | None = None,
+    framework: str | None = None,
+) -> dict[str, Any]:
+    """The tensors of a stored model (a past version if given); framework 'numpy' or 'torch'."""
+    if framework not in (None, "numpy", "torch"):
+        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+    client, owned = _client(store)
+    try:
+        data = client.read(model_path(name), version=version)
+    finally:
+        if owned:
+            client.close()
+    return decode_model(data, framework)
+
+
+def update_model(
+    name: str,
+    new_params: Mapping[str, Any],
+    *,
+    store: str | os.PathLike[str] | Client | None = None,
+    message: str = "",
+) -> PutResult:
+    """Merge new_params into the current version and store the result as a new version.
+
+    Tensors not named in new_params are kept; only changed tensors make new blocks.
+    """
+    client, owned = _client(store)
+    try:
+        data = client.read(model_path(name))
+        layout = parse_layout(data, len(data))
+        if layout is None:
+            raise FormatError(f"{model_path(name)} is not a valid safetensors file")
+        current = decode_model(data)
+        merged = {**current, **dict(new_params)}
+        meta = {k: v for k, v in layout.metadata.items() if k != FRAMEWORK_KEY}
+        return client.put(model_path(name), encode_model(merged, meta), message=message)
+    finally:
+        if owned:
+            client.close()

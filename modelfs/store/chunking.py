@@ -1,0 +1,79 @@
+"""Cutting a file into blocks.
+
+A safetensors file is cut at tensor boundaries: the header is one block and
+each tensor another, so an unchanged tensor keeps its block id wherever it
+moved. A tensor over the maximum block size is cut into equal sub-blocks on
+element boundaries. Anything else (and any gap between tensors) is cut by
+FastCDC 2020, so inserts and shifts still deduplicate.
+
+The cut points are part of the format: a change here stops new writes from
+deduplicating against old ones (correctness does not depend on them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyfastcdc import FastCDC
+
+from .format import ChunkingLimits
+from .tensorfile import TensorLayout
+
+
+@dataclass(frozen=True)
+class Span:
+    offset: int
+    length: int
+    dtype: str | None = None  # the safetensors dtype when the span holds tensor elements
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def cdc_spans(buf: memoryview, start: int, end: int, limits: ChunkingLimits) -> Iterator[Span]:
+    """Content-defined spans covering buf[start:end]."""
+    if end <= start:
+        return
+    # pyfastcdc's average is avg_size + min_size (cut-point skipping); aim at ours.
+    cdc = FastCDC(
+        max(256, limits.avg_size - limits.min_size),
+        min_size=limits.min_size,
+        max_size=limits.max_size,
+    )
+    for chunk in cdc.cut_buf(buf[start:end]):
+        yield Span(start + chunk.offset, chunk.length)
+
+
+def tensor_spans(start: int, end: int, itemsize: int, dtype: str, max_size: int) -> Iterator[Span]:
+    """One span for a tensor, or equal sub-spans on element boundaries if it is too big."""
+    length = end - start
+    if length <= max_size:
+        yield Span(start, length, dtype)
+        return
+    elements = length // itemsize
+    pieces = -(-length // max_size)
+    per_piece = -(-elements // pieces) * itemsize
+    offset = start
+    while offset < end:
+        size = min(per_piece, end - offset)
+        yield Span(offset, size, dtype)
+        offset += size
+
+
+def split(buf: memoryview, layout: TensorLayout | None, limits: ChunkingLimits) -> list[Span]:
+    """The blocks of a whole file, in order, covering it exactly."""
+    size = len(buf)
+    if layout is None:
+        return list(cdc_spans(buf, 0, size, limits))
+    spans = [Span(0, layout.header_end)]
+    pos = layout.header_end
+    for t in layout.tensors:
+        if t.end == t.start:
+            continue
+        spans.extend(cdc_spans(buf, pos, t.start, limits))
+        spans.extend(tensor_spans(t.start, t.end, t.itemsize, t.dtype, limits.max_size))
+        pos = t.end
+    spans.extend(cdc_spans(buf, pos, size, limits))
+    return spans

@@ -1,0 +1,150 @@
+"""The on-store format: object keys, the config object, hashing, canonical JSON.
+
+docs/FORMAT.md is the prose version of this module; change both together.
+Every object is JSON or opaque bytes; nothing in the store is ever unpickled
+or executed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import blake3
+import xxhash
+
+from ..errors import FormatError, UnsupportedFormatError
+
+FORMAT_NAME = "modelfs"
+FORMAT_VERSION = 1
+
+CONFIG_KEY = "config"
+HASH_NAME = "blake3-256"
+CHECKSUM_NAME = "xxh3-128"
+HEX_ID_LENGTH = 64  # hex digits of a BLAKE3-256 id
+
+
+def block_id(data: bytes | memoryview) -> str:
+    """The id of a block: BLAKE3-256 of its plaintext."""
+    # Large inputs hash on several threads; the GIL is released either way.
+    threads = blake3.blake3.AUTO if len(data) >= 4 << 20 else 1
+    return blake3.blake3(data, max_threads=threads).hexdigest()
+
+
+def object_id(data: bytes) -> str:
+    """The id of a content-addressed object (manifest, pack): BLAKE3-256 of its bytes."""
+    return blake3.blake3(data).hexdigest()
+
+
+def checksum(stored: bytes | memoryview) -> str:
+    """xxh3-128 of a block's stored bytes: a fast check before decompression."""
+    return xxhash.xxh3_128_hexdigest(stored)
+
+
+def is_hex_id(text: object) -> bool:
+    return (
+        isinstance(text, str)
+        and len(text) == HEX_ID_LENGTH
+        and all(c in "0123456789abcdef" for c in text)
+    )
+
+
+def pack_key(pack_id: str) -> str:
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+def index_key(pack_id: str) -> str:
+    return f"index/{pack_id}"
+
+
+def manifest_key(manifest_id: str) -> str:
+    return f"manifests/{manifest_id[:2]}/{manifest_id}"
+
+
+def canonical_json(obj: Any) -> bytes:
+    """One byte string per value: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{what} is not valid JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class ChunkingLimits:
+    """Sizes that decide how files are cut into blocks."""
+
+    min_size: int = 256 << 10
+    avg_size: int = 1 << 20
+    max_size: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        # pyfastcdc's own bounds; beyond them its cut points are undefined.
+        if not (64 <= self.min_size <= 1 << 20):
+            raise ValueError(f"min block size {self.min_size} outside [64 B, 1 MiB]")
+        if not (256 <= self.avg_size <= 4 << 20):
+            raise ValueError(f"average block size {self.avg_size} outside [256 B, 4 MiB]")
+        if not (1024 <= self.max_size <= 16 << 20):
+            raise ValueError(f"max block size {self.max_size} outside [1 KiB, 16 MiB]")
+        if not (self.min_size <= self.avg_size <= self.max_size):
+            raise ValueError("block sizes must satisfy min <= avg <= max")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The config object: what every reader and writer of the store must agree on."""
+
+    chunking: ChunkingLimits = field(default_factory=ChunkingLimits)
+    zstd_level: int = 3
+    pack_size: int = 32 << 20
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.zstd_level <= 22):
+            raise ValueError(f"zstd level {self.zstd_level} outside 1..22")
+        if not (1 << 20 <= self.pack_size <= 1 << 30):
+            raise ValueError(f"pack size {self.pack_size} outside [1 MiB, 1 GiB]")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": FORMAT_NAME,
+                "version": self.version,
+                "hash": HASH_NAME,
+                "checksum": CHECKSUM_NAME,
+                "chunking": {"algorithm": "fastcdc2020", **asdict(self.chunking)},
+                "compression": {"codec": "zstd", "level": self.zstd_level},
+                "pack_size": self.pack_size,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StoreConfig:
+        doc = parse_json(data, "store config")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise FormatError("the config object is not a modelfs store config")
+        version = doc.get("version")
+        if not isinstance(version, int):
+            raise FormatError("store config has no format version")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"store has format version {version}; this modelfs reads up to "
+                f"{FORMAT_VERSION}: upgrade modelfs"
+            )
+        if doc.get("hash") != HASH_NAME or doc.get("checksum") != CHECKSUM_NAME:
+            raise FormatError(f"store uses hash {doc.get('hash')!r}, expected {HASH_NAME!r}")
+        try:
+            chunking = dict(doc["chunking"])
+            chunking.pop("algorithm", None)
+            return cls(
+                chunking=ChunkingLimits(**chunking),
+                zstd_level=int(doc["compression"]["level"]),
+                pack_size=int(doc["pack_size"]),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"store config is malformed: {e}") from None

@@ -1,0 +1,106 @@
+"""Pack objects: many stored blocks in one blob, with a table of them at the end.
+
+A pack is the blocks' stored bytes back to back, then a trailer: the JSON
+block table, its length (4 bytes little-endian) and the magic b"MFSPACK1".
+The same table is also written as the pack's index object, so the block
+index can be loaded without reading packs, and rebuilt from packs alone.
+A pack is named by the BLAKE3-256 of its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import FormatError
+from .format import canonical_json, is_hex_id, object_id, parse_json
+
+PACK_MAGIC = b"MFSPACK1"
+_TRAILER = struct.Struct("<I8s")
+
+
+@dataclass(frozen=True)
+class BlockLocation:
+    """Where a block's stored bytes are, and how to check and decode them."""
+
+    block_id: str
+    pack: str
+    offset: int  # in the pack
+    stored_length: int
+    length: int  # of the plaintext
+    codec: str
+    checksum: str  # xxh3-128 of the stored bytes
+
+
+def encode_table(locations: list[BlockLocation]) -> bytes:
+    return canonical_json(
+        {
+            "blocks": [
+                [b.block_id, b.offset, b.stored_length, b.length, b.codec, b.checksum]
+                for b in locations
+            ]
+        }
+    )
+
+
+def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
+    doc = parse_json(data, f"block table of pack {pack_id}")
+    try:
+        rows = doc["blocks"]
+        out = []
+        for block_id, offset, stored_length, length, codec, checksum in rows:
+            if not is_hex_id(block_id) or not all(
+                isinstance(n, int) and n >= 0 for n in (offset, stored_length, length)
+            ):
+                raise ValueError(f"bad row for block {block_id!r}")
+            out.append(
+                BlockLocation(
+                    block_id, pack_id, offset, stored_length, length, str(codec), str(checksum)
+                )
+            )
+        return out
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"block table of pack {pack_id} is malformed: {e}") from None
+
+
+class PackWriter:
+    """Collects stored blocks into one pack. Not thread-safe: one writer per thread."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._rows: list[BlockLocation] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, block_id: str, stored: bytes, length: int, codec: str, checksum: str) -> None:
+        self._rows.append(
+            BlockLocation(block_id, "", self.size, len(stored), length, codec, checksum)
+        )
+        self._parts.append(stored)
+        self.size += len(stored)
+
+    def finish(self) -> tuple[str, bytes, bytes, list[BlockLocation]]:
+        """(pack id, pack bytes, table bytes, locations) for the blocks added."""
+        table = encode_table(self._rows)
+        body = b"".join(self._parts) + table + _TRAILER.pack(len(table), PACK_MAGIC)
+        pack_id = object_id(body)
+        locations = [
+            BlockLocation(
+                b.block_id, pack_id, b.offset, b.stored_length, b.length, b.codec, b.checksum
+            )
+            for b in self._rows
+        ]
+        return pack_id, body, table, locations
+
+
+def read_trailer(pack: bytes, pack_id: str) -> list[BlockLocation]:
+    """The block table at the end of a whole pack (for fsck and index rebuilds)."""
+    if len(pack) < _TRAILER.size:
+        raise FormatError(f"pack {pack_id} is truncated")
+    table_len, magic = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
+    if magic != PACK_MAGIC or table_len > len(pack) - _TRAILER.size:
+        raise FormatError(f"pack {pack_id} has no valid trailer")
+    start = len(pack) - _TRAILER.size - table_len
+    return decode_table(pack[start : start + table_len], pack_id)

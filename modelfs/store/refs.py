@@ -1,0 +1,122 @@
+"""Refs: each stored path's history of versions.
+
+A ref is a small JSON object at the path's ref key listing every version in
+order: its number, manifest id (None for a deletion), time, size and content
+hash. Publishing a version is a compare-and-swap of the whole ref
+(put_if_absent for a new path, put_if_match otherwise), retried on conflict
+after re-reading, so two writers that race both land, one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+
+from ..backends.base import Backend
+from ..errors import AlreadyExistsError, ConflictError, FormatError, ModelfsError, NotFoundError
+from .format import canonical_json, is_hex_id, parse_json
+from .paths import ref_key
+
+log = logging.getLogger(__name__)
+
+_CAS_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    manifest: str | None  # None: the path was deleted in this version
+    time: float
+    size: int = 0
+    content_hash: str = ""
+    message: str = ""
+
+    @property
+    def deleted(self) -> bool:
+        return self.manifest is None
+
+
+@dataclass(frozen=True)
+class Ref:
+    path: str
+    versions: tuple[Version, ...]
+
+    @property
+    def current(self) -> Version | None:
+        """The newest version, or None if the path is deleted (or has none)."""
+        if not self.versions or self.versions[-1].deleted:
+            return None
+        return self.versions[-1]
+
+    def get(self, number: int) -> Version:
+        for v in self.versions:
+            if v.version == number:
+                if v.deleted:
+                    raise NotFoundError(f"version {number} of {self.path} is a deletion")
+                return v
+        raise NotFoundError(
+            f"{self.path} has no version {number} (versions 1..{len(self.versions)})"
+        )
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"path": self.path, "versions": [asdict(v) for v in self.versions]})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str) -> Ref:
+        doc = parse_json(data, f"ref of {path}")
+        try:
+            versions = tuple(Version(**v) for v in doc["versions"])
+            for i, v in enumerate(versions, 1):
+                if v.version != i or not (v.manifest is None or is_hex_id(v.manifest)):
+                    raise ValueError(f"version entry {i} is malformed")
+            if doc["path"] != path:
+                raise ValueError(f"it names {doc['path']!r}")
+            return cls(path, versions)
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"ref of {path} is malformed: {e}") from None
+
+
+def load_ref(backend: Backend, path: str) -> tuple[Ref, str]:
+    """The ref of a path and its etag; NotFoundError if the path was never stored."""
+    try:
+        data, etag = backend.get_with_etag(ref_key(path))
+    except NotFoundError:
+        raise NotFoundError(f"no such file in the store: {path}") from None
+    return Ref.from_bytes(data, path), etag
+
+
+def append_version(
+    backend: Backend,
+    path: str,
+    manifest: str | None,
+    *,
+    size: int = 0,
+    content_hash: str = "",
+    message: str = "",
+    require_current: bool = False,
+) -> Version:
+    """Publish a new version of path (manifest None: delete it) by compare-and-swap."""
+    key = ref_key(path)
+    for attempt in range(_CAS_ATTEMPTS):
+        try:
+            data, etag = backend.get_with_etag(key)
+            ref: Ref | None = Ref.from_bytes(data, path)
+        except NotFoundError:
+            ref, etag = None, ""
+        if require_current and (ref is None or ref.current is None):
+            raise NotFoundError(f"no such file in the store: {path}")
+        versions = ref.versions if ref else ()
+        new = Version(len(versions) + 1, manifest, time.time(), size, content_hash, message)
+        body = Ref(path, versions + (new,)).to_bytes()
+        try:
+            if ref is None:
+                backend.put_if_absent(key, body)
+            else:
+                backend.put_if_match(key, body, etag)
+            return new
+        except (ConflictError, AlreadyExistsError):
+            log.info("ref of %s changed under us (attempt %d); retrying", path, attempt + 1)
+            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
+    raise ModelfsError(f"could not publish a version of {path}: {_CAS_ATTEMPTS} conflicts in a row")

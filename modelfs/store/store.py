@@ -1,0 +1,599 @@
+"""The Store: files in, verified bytes out, over any Backend.
+
+Writing a file: split it (chunking), hash every block, skip blocks the store
+already has (dedup), compress the rest (codecs) into packs, upload each pack
+and then its index object, then the manifest, then publish the version on
+the path's ref by compare-and-swap. That order is the crash-safety rule: a
+crash at any point leaves the previous version intact and at most
+unreferenced packs behind.
+
+Reading: read_blocks fetches the stored bytes of any set of blocks, merging
+neighbours in one pack into one ranged read, in parallel; every block's
+checksum is checked before decompression and its id after. No unverified
+byte leaves this module.
+
+Caveats:
+- Concurrent puts in one process may both upload a block new to both
+  (harmless garbage, for a future gc).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import blake3
+
+from ..backends.base import Backend, ByteRange
+from ..errors import (
+    AlreadyExistsError,
+    CorruptionError,
+    FormatError,
+    IsADirectoryError_,
+    ModelfsError,
+    NotADirectoryError_,
+    NotFoundError,
+    StoreNotFoundError,
+)
+from . import codecs
+from .blockindex import BlockIndex
+from .chunking import Span, split
+from .format import (
+    CONFIG_KEY,
+    StoreConfig,
+    block_id,
+    checksum,
+    index_key,
+    manifest_key,
+    pack_key,
+)
+from .manifest import BlockRef, Manifest
+from .packs import BlockLocation, PackWriter, read_trailer
+from .paths import REFS_PREFIX, dir_ref_prefix, normalize_path, path_from_ref_key
+from .refs import Ref, Version, append_version, load_ref
+from .tensorfile import TensorLayout, header_size_needed, parse_layout
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+Progress = Callable[[int], None]
+
+# Neighbouring blocks of a pack closer than this are fetched in one request.
+COALESCE_GAP = 1 << 20
+COALESCE_MAX = 64 << 20
+
+
+@dataclass(frozen=True)
+class PutResult:
+    path: str
+    version: int
+    size: int
+    blocks: int
+    new_blocks: int
+    new_bytes: int  # plaintext bytes of blocks the store did not have
+    uploaded_bytes: int  # stored (compressed) bytes of those blocks
+    manifest: str
+    layout: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    version: int
+    size: int
+    time: float
+    content_hash: str
+
+
+@dataclass
+class FsckReport:
+    packs_checked: int = 0
+    blocks_checked: int = 0
+    bytes_checked: int = 0
+    files_checked: int = 0
+    versions_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    corrupt_blocks: dict[str, str] = field(default_factory=dict)  # block id -> why
+    missing_packs: list[str] = field(default_factory=list)
+    affected: list[dict[str, object]] = field(default_factory=list)  # path, version, offset, ...
+
+    @property
+    def ok(self) -> bool:
+        return not (self.problems or self.corrupt_blocks or self.missing_packs or self.affected)
+
+
+class Store:
+    def __init__(self, backend: Backend, config: StoreConfig, *, io_threads: int = 8) -> None:
+        self.backend = backend
+        self.config = config
+        self.index = BlockIndex()
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="modelfs-io")
+        self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="modelfs-cpu")
+        self._index_lock = threading.Lock()
+        self._index_loaded = False
+
+    # opening
+
+    @classmethod
+    def create(cls, backend: Backend, config: StoreConfig | None = None) -> Store:
+        """Write the config object of a new store; AlreadyExistsError if there is one."""
+        config = config or StoreConfig()
+        try:
+            backend.put_if_absent(CONFIG_KEY, config.to_bytes())
+        except AlreadyExistsError:
+            raise AlreadyExistsError(f"{backend.url} already holds a modelfs store") from None
+        return cls(backend, config)
+
+    @classmethod
+    def open(cls, backend: Backend) -> Store:
+        try:
+            data = backend.get(CONFIG_KEY)
+        except NotFoundError:
+            raise StoreNotFoundError(
+                f"no modelfs store at {backend.url} (run `modelfs init {backend.url}`)"
+            ) from None
+        return cls(backend, StoreConfig.from_bytes(data))
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+        self._cpu.shutdown(wait=True)
+        self.backend.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def refresh_index(self) -> None:
+        with self._index_lock:
+            self.index.refresh(self.backend, self._io)
+            self._index_loaded = True
+
+    # writing
+
+    def put(
+        self,
+        path: str,
+        source: Source,
+        *,
+        metadata: dict[str, str] | None = None,
+        message: str = "",
+        progress: Progress | None = None,
+    ) -> PutResult:
+        """Store source as the next version of path."""
+        started = time.monotonic()
+        path = normalize_path(path)
+        self._check_namespace(path)
+        metadata = _check_metadata(metadata)
+        self.refresh_index()
+        with _source_view(source) as view:
+            layout = _layout_of(view)
+            spans = split(view, layout, self.config.chunking)
+            ids, new_blocks, new_bytes, uploaded, content_hash = self._store_blocks(
+                view, spans, progress
+            )
+        blocks = []
+        for span, bid in zip(spans, ids, strict=True):
+            loc = self.index.get(bid)
+            assert loc is not None, f"block {bid} vanished from the index"
+            blocks.append(BlockRef(span.offset, loc))
+        manifest = Manifest(
+            size=sum(s.length for s in spans),
+            content_hash=f"blake3:{content_hash}",
+            layout="safetensors" if layout is not None else "cdc",
+            blocks=tuple(blocks),
+            metadata=metadata,
+        )
+        body = manifest.to_bytes()
+        manifest_id = manifest.id
+        try:
+            self.backend.put_if_absent(manifest_key(manifest_id), body)
+        except AlreadyExistsError:
+            pass  # the same content and metadata were stored before
+        version = append_version(
+            self.backend,
+            path,
+            manifest_id,
+            size=manifest.size,
+            content_hash=manifest.content_hash,
+            message=message,
+        )
+        result = PutResult(
+            path, version.version, manifest.size, len(blocks), new_blocks, new_bytes, uploaded,
+            manifest_id, manifest.layout, time.monotonic() - started,
+        )  # fmt: skip
+        log.info(
+            "stored %s version %d: %d bytes, %d/%d blocks new, %d bytes uploaded",
+            path, result.version, result.size, new_blocks, len(blocks), uploaded,
+        )  # fmt: skip
+        return result
+
+    def _store_blocks(
+        self, view: memoryview, spans: list[Span], progress: Progress | None
+    ) -> tuple[list[str], int, int, int, str]:
+        """Hash, dedup, compress and upload the blocks of one file, in order."""
+        level = self.config.zstd_level
+        claimed: set[str] = set()  # new blocks this put is storing
+        claim_lock = threading.Lock()
+
+        def prepare(span: Span) -> tuple[str, bytes, tuple[str, bytes] | None]:
+            # Copy first: the id, the stored bytes and the content hash must all
+            # describe the same bytes even if the source file changes meanwhile.
+            data = bytes(view[span.offset : span.end])
+            bid = block_id(data)
+            with claim_lock:
+                known = bid in self.index or bid in claimed
+                claimed.add(bid)
+            return bid, data, None if known else codecs.encode(data, span.dtype, level)
+
+        whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        ids: list[str] = []
+        writer = PackWriter()
+        uploads: deque[Future[None]] = deque()
+        new_blocks = new_bytes = uploaded = 0
+
+        def flush() -> None:
+            nonlocal writer
+            if len(writer):
+                uploads.append(self._io.submit(self._upload_pack, writer))
+                writer = PackWriter()
+            while len(uploads) > 2:  # bound memory: at most ~3 packs in flight
+                uploads.popleft().result()
+
+        window = max(4, 2 * (os.cpu_count() or 2))
+        pending: deque[Future[tuple[str, bytes, tuple[str, bytes] | None]]] = deque()
+        spans_iter = iter(spans)
+        try:
+            while True:
+                while len(pending) < window:
+                    span = next(spans_iter, None)
+                    if span is None:
+                        break
+                    pending.append(self._cpu.submit(prepare, span))
+                if not pending:
+                    break
+                bid, data, encoded = pending.popleft().result()
+                whole.update(data)
+                ids.append(bid)
+                if encoded is not None:
+                    codec, stored = encoded
+                    writer.add(bid, stored, len(data), codec, checksum(stored))
+                    new_blocks += 1
+                    new_bytes += len(data)
+                    uploaded += len(stored)
+                    if writer.size >= self.config.pack_size:
+                        flush()
+                if progress:
+                    progress(len(data))
+            flush()
+            while uploads:
+                uploads.popleft().result()
+        except BaseException:
+            for f in list(pending) + list(uploads):
+                f.cancel()
+            raise
+        return ids, new_blocks, new_bytes, uploaded, whole.hexdigest()
+
+    def _upload_pack(self, writer: PackWriter) -> None:
+        pack_id, body, table, locations = writer.finish()
+        for key, data in ((pack_key(pack_id), body), (index_key(pack_id), table)):
+            try:
+                self.backend.put_if_absent(key, data)
+            except AlreadyExistsError:
+                pass  # content-addressed: the same bytes are already there
+        self.index.add(pack_id, locations)
+        log.debug("uploaded pack %s: %d blocks, %d bytes", pack_id, len(locations), len(body))
+
+    def _check_namespace(self, path: str) -> None:
+        """A path cannot be both a file and a directory."""
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            ancestor = "/".join(parts[:i])
+            if self._current(ancestor) is not None:
+                raise NotADirectoryError_(f"cannot store {path}: {ancestor} is a file")
+        if self.is_dir(path):
+            raise IsADirectoryError_(f"cannot store {path}: it is a directory")
+
+    def _current(self, path: str) -> Version | None:
+        try:
+            return load_ref(self.backend, path)[0].current
+        except NotFoundError:
+            return None
+
+    # the namespace
+
+    def ref(self, path: str) -> Ref:
+        return load_ref(self.backend, normalize_path(path))[0]
+
+    def history(self, path: str) -> list[Version]:
+        return list(self.ref(path).versions)
+
+    def version(self, path: str, number: int | None = None) -> Version:
+        """A version of path: the current one by default."""
+        ref = self.ref(path)
+        if number is None:
+            if ref.current is None:
+                raise NotFoundError(f"no such file in the store: {ref.path} (deleted)")
+            return ref.current
+        return ref.get(number)
+
+    def manifest(self, path: str, number: int | None = None) -> Manifest:
+        version = self.version(path, number)
+        assert version.manifest is not None
+        return self.load_manifest(version.manifest)
+
+    def load_manifest(self, manifest_id: str) -> Manifest:
+        try:
+            data = self.backend.get(manifest_key(manifest_id))
+        except NotFoundError:
+            raise NotFoundError(f"manifest {manifest_id} is missing from the store") from None
+        return Manifest.from_bytes(data, manifest_id)
+
+    def is_dir(self, path: str) -> bool:
+        prefix = dir_ref_prefix(path)
+        return any(True for _ in self._current_files(prefix, limit=1))
+
+    def list(self, prefix: str = "") -> list[FileInfo]:
+        """Current files under a directory prefix ('' for all), sorted by path."""
+        if prefix.strip("/"):
+            norm = normalize_path(prefix)
+            current = self._current(norm)
+            if current is not None:  # a file, not a directory
+                return [
+                    FileInfo(
+                        norm, current.version, current.size, current.time, current.content_hash
+                    )
+                ]
+        return list(self._current_files(dir_ref_prefix(prefix)))
+
+    def _current_files(self, key_prefix: str, limit: int | None = None) -> Iterator[FileInfo]:
+        keys = [k for k in self.backend.list(key_prefix) if k.endswith("~")]
+        batch = 64 if limit is None else limit
+        found = 0
+        for start in range(0, len(keys), batch):
+            paths = [path_from_ref_key(k) for k in keys[start : start + batch]]
+            for path, version in zip(paths, self._io.map(self._current, paths), strict=True):
+                if version is not None:
+                    yield FileInfo(
+                        path, version.version, version.size, version.time, version.content_hash
+                    )
+                    found += 1
+                    if limit is not None and found >= limit:
+                        return
+
+    def delete(self, path: str, *, message: str = "") -> Version:
+        """Record a deletion as a new version; earlier versions stay readable."""
+        path = normalize_path(path)
+        return append_version(self.backend, path, None, message=message, require_current=True)
+
+    # reading
+
+    def read_blocks(self, blocks: Sequence[BlockRef]) -> list[bytes]:
+        """The verified plaintext of each block, in the order given."""
+        groups = _coalesce([b.location for b in blocks])
+        results: dict[tuple[str, int], bytes] = {}
+        for got in self._io.map(self._fetch_group, groups):
+            results.update(got)
+        return [results[(b.location.pack, b.location.offset)] for b in blocks]
+
+    def _fetch_group(self, group: list[BlockLocation]) -> dict[tuple[str, int], bytes]:
+        first, last = group[0], group[-1]
+        start, end = first.offset, last.offset + last.stored_length
+        try:
+            data = self.backend.get(pack_key(first.pack), ByteRange(start, end - start))
+        except NotFoundError:
+            raise CorruptionError(
+                f"pack {first.pack} is missing from the store",
+                block_id=first.block_id,
+                pack=first.pack,
+            ) from None
+        view = memoryview(data)
+        out = {}
+        for loc in group:
+            out[(loc.pack, loc.offset)] = verify_block(
+                loc, view[loc.offset - start : loc.offset - start + loc.stored_length]
+            )
+        return out
+
+    # checking
+
+    def fsck(self, progress: Progress | None = None) -> FsckReport:
+        """Read every pack and block, check both hashes, and name the files affected."""
+        report = FsckReport()
+        self.refresh_index()
+        pack_keys = {k.rsplit("/", 1)[-1] for k in self.backend.list("packs/")}
+        indexed = self.index.packs()
+        for pack_id in sorted(pack_keys - indexed):
+            report.problems.append(f"pack {pack_id} has no index object (its blocks are unused)")
+        bad_locations: dict[tuple[str, int], str] = {}
+
+        def check_pack(pack_id: str) -> tuple[str, int, int, dict[tuple[str, int], str]]:
+            bad: dict[tuple[str, int], str] = {}
+            try:
+                body = self.backend.get(pack_key(pack_id))
+            except NotFoundError:
+                return pack_id, 0, 0, {(pack_id, -1): "pack missing"}
+            try:
+                table = read_trailer(body, pack_id)
+            except FormatError as e:
+                table = [loc for loc in self.index.locations() if loc.pack == pack_id]
+                bad[(pack_id, -2)] = str(e)
+            view = memoryview(body)
+            for loc in table:
+                try:
+                    verify_block(loc, view[loc.offset : loc.offset + loc.stored_length])
+                except CorruptionError as e:
+                    bad[(pack_id, loc.offset)] = f"block {loc.block_id}: {e}"
+            return pack_id, len(table), len(body), bad
+
+        for _pack_id, nblocks, nbytes, bad in self._io.map(check_pack, sorted(indexed)):
+            report.packs_checked += 1
+            report.blocks_checked += nblocks
+            report.bytes_checked += nbytes
+            for (pid, offset), why in bad.items():
+                if offset == -1:
+                    report.missing_packs.append(pid)
+                elif offset == -2:
+                    report.problems.append(why)
+                else:
+                    bad_locations[(pid, offset)] = why
+                    report.corrupt_blocks[why.split(":")[0].split()[-1]] = why
+            if progress:
+                progress(nbytes)
+        missing = set(report.missing_packs) | (indexed - pack_keys)
+        report.missing_packs = sorted(missing)
+
+        for key in self.backend.list(REFS_PREFIX):
+            if not key.endswith("~"):
+                continue
+            path = path_from_ref_key(key)
+            report.files_checked += 1
+            try:
+                ref = load_ref(self.backend, path)[0]
+            except ModelfsError as e:
+                report.affected.append({"path": path, "problem": str(e)})
+                continue
+            for v in ref.versions:
+                if v.deleted:
+                    continue
+                report.versions_checked += 1
+                assert v.manifest is not None
+                try:
+                    manifest = self.load_manifest(v.manifest)
+                except ModelfsError as e:
+                    report.affected.append({"path": path, "version": v.version, "problem": str(e)})
+                    continue
+                for b in manifest.blocks:
+                    loc = b.location
+                    why = bad_locations.get((loc.pack, loc.offset))
+                    if why is None and loc.pack in missing:
+                        why = f"pack {loc.pack} is missing"
+                    if why is not None:
+                        report.affected.append(
+                            {"path": path, "version": v.version, "offset": b.file_offset,
+                             "length": loc.length, "block": loc.block_id, "problem": why}
+                        )  # fmt: skip
+        return report
+
+
+def verify_block(loc: BlockLocation, stored: memoryview | bytes) -> bytes:
+    """The plaintext of a stored block, or CorruptionError: never unverified bytes."""
+    if len(stored) != loc.stored_length:
+        raise CorruptionError(
+            f"block {loc.block_id} in pack {loc.pack} is truncated "
+            f"({len(stored)} of {loc.stored_length} bytes)",
+            block_id=loc.block_id, pack=loc.pack,
+        )  # fmt: skip
+    if checksum(stored) != loc.checksum:
+        raise CorruptionError(
+            f"block {loc.block_id} in pack {loc.pack} failed its checksum",
+            block_id=loc.block_id, pack=loc.pack,
+        )  # fmt: skip
+    try:
+        plain = codecs.decode(loc.codec, stored, loc.length)
+    except CorruptionError as e:
+        raise CorruptionError(
+            f"block {loc.block_id}: {e}", block_id=loc.block_id, pack=loc.pack
+        ) from None
+    if block_id(plain) != loc.block_id:
+        raise CorruptionError(
+            f"block {loc.block_id} in pack {loc.pack} does not match its id",
+            block_id=loc.block_id, pack=loc.pack,
+        )  # fmt: skip
+    return plain
+
+
+def _coalesce(locations: list[BlockLocation]) -> list[list[BlockLocation]]:
+    """Group blocks by pack, then into runs close enough to fetch in one request."""
+    unique = {(loc.pack, loc.offset): loc for loc in locations}
+    ordered = sorted(unique.values(), key=lambda loc: (loc.pack, loc.offset))
+    groups: list[list[BlockLocation]] = []
+    for loc in ordered:
+        if groups:
+            last = groups[-1][-1]
+            gap = loc.offset - (last.offset + last.stored_length)
+            span = loc.offset + loc.stored_length - groups[-1][0].offset
+            if loc.pack == last.pack and gap <= COALESCE_GAP and span <= COALESCE_MAX:
+                groups[-1].append(loc)
+                continue
+        groups.append([loc])
+    return groups
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ValueError("metadata must be a dict of strings to strings")
+    return dict(metadata)
+
+
+def _layout_of(view: memoryview) -> TensorLayout | None:
+    need = header_size_needed(bytes(view[:8]))
+    return parse_layout(bytes(view[:need]), len(view))
+
+
+@contextmanager
+def _source_view(source: Source) -> Iterator[memoryview]:
+    """A read-only view of the whole source, mapped rather than read where possible."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield memoryview(source).cast("B")
+        return
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFoundError(f"no such local file: {os.fspath(source)}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError_(f"{os.fspath(source)} is a directory") from None
+        with f:
+            with _map_file(f) as view:
+                yield view
+        return
+    if hasattr(source, "read"):
+        try:
+            f_no = source.fileno()
+            mappable = os.path.isfile(f"/proc/self/fd/{f_no}") and source.seekable()
+        except (OSError, AttributeError, ValueError):
+            mappable = False
+        if mappable:
+            with _map_file(source) as view:
+                yield view
+            return
+        with tempfile.TemporaryFile(prefix="modelfs-spool-") as spool:
+            shutil.copyfileobj(source, spool, 8 << 20)
+            spool.flush()
+            with _map_file(spool) as view:
+                yield view
+        return
+    raise TypeError(f"cannot store a {type(source).__name__}: give a path, bytes or a binary file")
+
+
+@contextmanager
+def _map_file(f: BinaryIO) -> Iterator[memoryview]:
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        yield memoryview(b"")
+        return
+    m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+    view = memoryview(m)
+    try:
+        yield view
+    finally:
+        view.release()
+        m.close()
