@@ -167,7 +167,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             raise
         bar.close()
     if not args.quiet:
-        print(f"{f.path} version {f.version} -> {dest} ({human(f.size)})", file=sys.stderr)
+        print(f"{f.path} version {f.version} -> {dest} ({human(f.size)}, verified)")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyfastcdc import FastCDC
 
@@ -32,8 +33,34 @@ class Span:
         return self.offset + self.length
 
 
-def cdc_spans(buf: memoryview, start: int, end: int, limits: ChunkingLimits) -> Iterator[Span]:
-    """Content-defined spans covering buf[start:end]."""
+class RandomAccess(Protocol):
+    """Bytes to be stored, read by offset (a file read with pread, say)."""
+
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+
+class _RangeStream:
+    """A readinto() stream over bytes [start, end) of a RandomAccess, for pyfastcdc."""
+
+    def __init__(self, source: RandomAccess, start: int, end: int) -> None:
+        self._source, self._pos, self._end = source, start, end
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = min(len(buffer), self._end - self._pos)
+        if n <= 0:
+            return 0
+        data = self._source.pread(self._pos, n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def cdc_spans(
+    data: memoryview | RandomAccess, start: int, end: int, limits: ChunkingLimits
+) -> Iterator[Span]:
+    """Content-defined spans covering bytes [start, end) of data."""
     if end <= start:
         return
     # pyfastcdc's average is avg_size + min_size (cut-point skipping); aim at ours.
@@ -42,7 +69,11 @@ def cdc_spans(buf: memoryview, start: int, end: int, limits: ChunkingLimits) -> 
         min_size=limits.min_size,
         max_size=limits.max_size,
     )
-    for chunk in cdc.cut_buf(buf[start:end]):
+    if isinstance(data, memoryview):
+        chunks = cdc.cut_buf(data[start:end])
+    else:
+        chunks = cdc.cut_stream(_RangeStream(data, start, end))
+    for chunk in chunks:
         yield Span(start + chunk.offset, chunk.length)
 
 
@@ -62,9 +93,15 @@ def tensor_spans(start: int, end: int, itemsize: int, dtype: str, max_size: int)
         offset += size
 
 
-def split(buf: memoryview, layout: TensorLayout | None, limits: ChunkingLimits) -> list[Span]:
+def split(
+    data: bytes | memoryview | RandomAccess, layout: TensorLayout | None, limits: ChunkingLimits
+) -> list[Span]:
     """The blocks of a whole file, in order, covering it exactly."""
-    size = len(buf)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        buf: memoryview | RandomAccess = memoryview(data).cast("B")
+        size = len(buf)  # type: ignore[arg-type]
+    else:
+        buf, size = data, data.size
     if layout is None:
         return list(cdc_spans(buf, 0, size, limits))
     spans = [Span(0, layout.header_end)]

@@ -19,15 +19,17 @@ Caveats:
 
 from __future__ import annotations
 
+import io
 import logging
-import mmap
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -179,11 +181,13 @@ class Store:
         self._check_namespace(path)
         metadata = _check_metadata(metadata)
         self.refresh_index()
-        with _source_view(source) as view:
-            layout = _layout_of(view)
-            spans = split(view, layout, self.config.chunking)
+        with _open_source(source) as src:
+            layout = _layout_of(src)
+            spans = split(
+                src.buffer if src.buffer is not None else src, layout, self.config.chunking
+            )
             ids, new_blocks, new_bytes, uploaded, content_hash = self._store_blocks(
-                view, spans, progress
+                src, spans, progress
             )
         blocks = []
         for span, bid in zip(spans, ids, strict=True):
@@ -222,7 +226,7 @@ class Store:
         return result
 
     def _store_blocks(
-        self, view: memoryview, spans: list[Span], progress: Progress | None
+        self, source: _BufferSource | _FileSource, spans: list[Span], progress: Progress | None
     ) -> tuple[list[str], int, int, int, str]:
         """Hash, dedup, compress and upload the blocks of one file, in order."""
         level = self.config.zstd_level
@@ -230,9 +234,9 @@ class Store:
         claim_lock = threading.Lock()
 
         def prepare(span: Span) -> tuple[str, bytes, tuple[str, bytes] | None]:
-            # Copy first: the id, the stored bytes and the content hash must all
+            # One read: the id, the stored bytes and the content hash must all
             # describe the same bytes even if the source file changes meanwhile.
-            data = bytes(view[span.offset : span.end])
+            data = source.pread(span.offset, span.length)
             bid = block_id(data)
             with claim_lock:
                 known = bid in self.index or bid in claimed
@@ -282,8 +286,10 @@ class Store:
             while uploads:
                 uploads.popleft().result()
         except BaseException:
+            # Let running tasks finish before the source is closed under them.
             for f in list(pending) + list(uploads):
                 f.cancel()
+            futures.wait(list(pending) + list(uploads))
             raise
         return ids, new_blocks, new_bytes, uploaded, whole.hexdigest()
 
@@ -543,57 +549,73 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
-def _layout_of(view: memoryview) -> TensorLayout | None:
-    need = header_size_needed(bytes(view[:8]))
-    return parse_layout(bytes(view[:need]), len(view))
+def _layout_of(source: _BufferSource | _FileSource) -> TensorLayout | None:
+    need = header_size_needed(source.pread(0, 8))
+    return parse_layout(source.pread(0, need), source.size)
+
+
+class _BufferSource:
+    """Bytes in memory, as a RandomAccess."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffer = memoryview(data).cast("B")
+        self.size = len(self.buffer)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return bytes(self.buffer[offset : offset + length])
+
+
+class _FileSource:
+    """An open regular file, read with pread (never mapped: a file that shrinks
+    under a mapping kills the process with SIGBUS; here it is a clear error)."""
+
+    buffer = None
+
+    def __init__(self, f: BinaryIO, name: str) -> None:
+        self._fd = f.fileno()
+        self._name = name
+        self.size = os.fstat(self._fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != max(0, min(length, self.size - offset)):
+            raise ModelfsError(
+                f"{self._name} shrank while it was being stored; nothing was committed"
+            )
+        return data
 
 
 @contextmanager
-def _source_view(source: Source) -> Iterator[memoryview]:
-    """A read-only view of the whole source, mapped rather than read where possible."""
+def _open_source(source: Source) -> Iterator[_BufferSource | _FileSource]:
+    """Random access to what is being stored: bytes, a local path, or a binary file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        yield memoryview(source).cast("B")
+        yield _BufferSource(source)
         return
     if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
         try:
             f = open(source, "rb")  # noqa: SIM115
         except FileNotFoundError:
-            raise NotFoundError(f"no such local file: {os.fspath(source)}") from None
+            raise NotFoundError(f"no such local file: {name}") from None
         except IsADirectoryError:
-            raise IsADirectoryError_(f"{os.fspath(source)} is a directory") from None
+            raise IsADirectoryError_(f"{name} is a directory") from None
         with f:
-            with _map_file(f) as view:
-                yield view
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelfsError(f"{name} is not a regular file")
+            yield _FileSource(f, name)
         return
     if hasattr(source, "read"):
         try:
-            f_no = source.fileno()
-            mappable = os.path.isfile(f"/proc/self/fd/{f_no}") and source.seekable()
-        except (OSError, AttributeError, ValueError):
-            mappable = False
-        if mappable:
-            with _map_file(source) as view:
-                yield view
+            regular = stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            regular = False
+        if regular:
+            yield _FileSource(source, getattr(source, "name", "the source file"))
             return
+        # A pipe or an in-memory stream: spool it to disk first, so memory stays bounded.
         with tempfile.TemporaryFile(prefix="modelfs-spool-") as spool:
             shutil.copyfileobj(source, spool, 8 << 20)
             spool.flush()
-            with _map_file(spool) as view:
-                yield view
+            yield _FileSource(spool, "the spooled input")
         return
     raise TypeError(f"cannot store a {type(source).__name__}: give a path, bytes or a binary file")
-
-
-@contextmanager
-def _map_file(f: BinaryIO) -> Iterator[memoryview]:
-    size = os.fstat(f.fileno()).st_size
-    if size == 0:
-        yield memoryview(b"")
-        return
-    m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
-    view = memoryview(m)
-    try:
-        yield view
-    finally:
-        view.release()
-        m.close()
