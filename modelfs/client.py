@@ -56,6 +56,7 @@ class Client:
         return self.store.backend.url
 
     def close(self) -> None:
+        self.reader.close()
         self.store.close()
 
     def __enter__(self) -> Client:

@@ -11,12 +11,16 @@ to the blocks ahead (readahead).
 from __future__ import annotations
 
 import io
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cache import DiskBlockCache, MemoryBlockCache
 from .errors import CorruptionError
 from .store import BlockRef, Manifest, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_READAHEAD = 32 << 20
 DEFAULT_MEMORY_CACHE = 128 << 20
@@ -44,6 +48,24 @@ class BlockReader:
         self.stats = ReadStats()
         self._inflight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="modelfs-readahead")
+
+    def close(self) -> None:
+        self._prefetcher.shutdown(wait=True, cancel_futures=True)
+
+    def prefetch(self, manifest: Manifest, offset: int, length: int, path: str = "") -> None:
+        """Start fetching the blocks of a range in the background; a later read shares the fetch."""
+        blocks = manifest.blocks_for(offset, length)
+        if not blocks or all(self.memory.get(b.location.block_id) is not None for b in blocks):
+            return
+
+        def run() -> None:
+            try:
+                self._blocks(blocks, path)
+            except Exception as e:  # the read that needs these blocks will raise it
+                log.debug("readahead of %s at %d failed: %s", path, offset, e)
+
+        self._prefetcher.submit(run)
 
     def read(
         self, manifest: Manifest, offset: int, length: int, *, readahead: int = 0, path: str = ""
@@ -54,7 +76,21 @@ class BlockReader:
             return b""
         wanted = manifest.blocks_for(offset, length)
         ahead = manifest.blocks_for(offset + length, readahead) if readahead else []
-        got = self._blocks(wanted + [b for b in ahead if b not in wanted], path)
+        ahead = [b for b in ahead if b not in wanted]
+        try:
+            got = self._blocks(wanted + ahead, path)
+        except ModelfsError as e:
+            if not ahead:
+                raise
+            # Readahead is only a guess: a damaged or unreachable block ahead must
+            # not fail a read of intact bytes, so fetch just what was asked for.
+            log.debug(
+                "readahead of %s past offset %d failed (%s); reading without it",
+                path,
+                offset + length,
+                e,
+            )
+            got = self._blocks(wanted, path)
         out = bytearray(length)
         for b in wanted:
             data = got[b.location.block_id]
@@ -171,10 +207,11 @@ class StoredFile(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
         view = memoryview(buffer).cast("B")
         sequential = self._pos == self._last_end or self._pos == 0
-        data = self._reader.read(
-            self.manifest, self._pos, len(view),
-            readahead=DEFAULT_READAHEAD if sequential else 0, path=self.path,
-        )  # fmt: skip
+        if sequential:  # fetch what comes next while the caller works on this
+            self._reader.prefetch(
+                self.manifest, self._pos + len(view), DEFAULT_READAHEAD, self.path
+            )
+        data = self._reader.read(self.manifest, self._pos, len(view), path=self.path)
         view[: len(data)] = data
         self._pos += len(data)
         self._last_end = self._pos
