@@ -68,7 +68,13 @@ class DiskBlockCache:
             return None
         if _hash(data) != block_id:
             log.warning("cache entry %s is damaged; dropping it", path)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass  # another process dropped or evicted it first
+            else:
+                with self._lock:
+                    self._size -= len(data)
             self.misses += 1
             return None
         try:

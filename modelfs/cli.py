@@ -68,10 +68,12 @@ class ProgressBar:
 
     def _draw(self, now: float) -> None:
         rate = self.done / max(now - self.start, 1e-6)
-        pct = 100 * self.done / self.total if self.total else 100
-        self.stream.write(
-            f"\r{self.label}: {human(self.done)} / {human(self.total)} ({pct:3.0f}%) {human(rate)}/s   "
-        )
+        if self.total:
+            pct = 100 * self.done / self.total
+            done = f"{human(self.done)} / {human(self.total)} ({pct:3.0f}%)"
+        else:  # size unknown (standard input, fsck)
+            done = human(self.done)
+        self.stream.write(f"\r{self.label}: {done} {human(rate)}/s   ")
         self.stream.flush()
 
     def close(self) -> None:

@@ -76,21 +76,7 @@ class BlockReader:
             return b""
         wanted = manifest.blocks_for(offset, length)
         ahead = manifest.blocks_for(offset + length, readahead) if readahead else []
-        ahead = [b for b in ahead if b not in wanted]
-        try:
-            got = self._blocks(wanted + ahead, path)
-        except ModelfsError as e:
-            if not ahead:
-                raise
-            # Readahead is only a guess: a damaged or unreachable block ahead must
-            # not fail a read of intact bytes, so fetch just what was asked for.
-            log.debug(
-                "readahead of %s past offset %d failed (%s); reading without it",
-                path,
-                offset + length,
-                e,
-            )
-            got = self._blocks(wanted, path)
+        got = self._blocks(wanted + [b for b in ahead if b not in wanted], path)
         out = bytearray(length)
         for b in wanted:
             data = got[b.location.block_id]
@@ -139,6 +125,10 @@ class BlockReader:
                     datas = self.store.read_blocks(mine)
                 except CorruptionError as e:
                     bad = next((b for b in mine if b.location.block_id == e.block_id), mine[0])
+                    log.error(
+                        "corrupt block %s of %s at offset %d (pack %s): %s",
+                        e.block_id, path, bad.file_offset, e.pack, e,
+                    )  # fmt: skip
                     raise e.with_file(path or "<stored file>", bad.file_offset) from None
                 for b, data in zip(mine, datas, strict=True):
                     bid = b.location.block_id

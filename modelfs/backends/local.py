@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +51,8 @@ class LocalBackend(Backend):
                 if byte_range is None:
                     return f.read()
                 return os.pread(f.fileno(), byte_range.length, byte_range.start)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # A directory is only a prefix of other keys, not a blob.
             raise NotFoundError(f"no blob {key!r} in {self.url}") from None
         except OSError as e:
             raise BackendError(f"reading {key!r} from {self.url}: {e}") from e
@@ -64,6 +66,8 @@ class LocalBackend(Backend):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             raise NotFoundError(f"no blob {key!r} in {self.url}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"no blob {key!r} in {self.url}")
         return BlobInfo(key, st.st_size)
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -106,7 +110,7 @@ class LocalBackend(Backend):
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
         self._locks.mkdir(exist_ok=True)
-        lock_path = self._locks / xxhash.xxh64_hexdigest(key)
+        lock_path = self._locks / xxhash.xxh64_hexdigest(key.encode())
         with open(lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -118,8 +122,12 @@ class LocalBackend(Backend):
         path = self._path(key)
         try:
             tmp = self._write_temp(data)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             self._fsync_dir(path.parent)
         except OSError as e:
             raise BackendError(f"writing {key!r} to {self.url}: {e}") from e
@@ -154,7 +162,7 @@ class LocalBackend(Backend):
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            pass  # no such blob (a directory is only a prefix of other keys)
         except OSError as e:
             raise BackendError(f"deleting {key!r} from {self.url}: {e}") from e

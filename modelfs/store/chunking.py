@@ -84,7 +84,9 @@ def tensor_spans(start: int, end: int, itemsize: int, dtype: str, max_size: int)
         yield Span(start, length, dtype)
         return
     elements = length // itemsize
-    pieces = -(-length // max_size)
+    # Count pieces in whole elements, so no piece exceeds max_size even when
+    # max_size is not a multiple of itemsize (else identical to length / max_size).
+    pieces = -(-elements // (max_size // itemsize))
     per_piece = -(-elements // pieces) * itemsize
     offset = start
     while offset < end:

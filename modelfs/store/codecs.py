@@ -107,7 +107,7 @@ def _encode_grouped(data: bytes | memoryview, width: int, level: int) -> bytes:
 
 
 def _decode_grouped(stored: memoryview, width: int, length: int) -> bytes:
-    if length % width or stored[0] != width:
+    if length % width or len(stored) < 1 + 5 * width or stored[0] != width:
         raise ValueError("byte-grouped block header does not match its codec")
     count = length // width
     pos = 1 + 5 * width

@@ -70,7 +70,7 @@ def canonical_json(obj: Any) -> bytes:
 def parse_json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{what} is not valid JSON: {e}") from None
 
 

@@ -26,6 +26,10 @@ def normalize_path(path: str) -> str:
         raise InvalidPathError(f"path must be a string, not {type(path).__name__}")
     if "\0" in path:
         raise InvalidPathError(f"path {path!r} contains a NUL byte")
+    try:
+        path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidPathError(f"path {path!r} is not valid Unicode (a lone surrogate)") from None
     parts = [p for p in path.strip("/").split("/")]
     if parts == [""]:
         raise InvalidPathError("empty path")
