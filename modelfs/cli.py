@@ -155,6 +155,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         dest = args.local or os.path.basename(f.path)
         if os.path.isdir(dest):
             dest = os.path.join(dest, os.path.basename(f.path))
+        parent = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(parent):
+            raise ModelfsError(f"cannot write {dest}: directory {parent} does not exist")
         bar = ProgressBar(f"get {f.path}", f.size, force=args.progress)
         # Write beside the destination and rename: a failed read leaves nothing half-written.
         fd, tmp = tempfile.mkstemp(
@@ -358,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modelfs: error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except OSError as e:  # local files: permission denied, disk full, missing directory
+        print(f"modelfs: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("modelfs: interrupted", file=sys.stderr)

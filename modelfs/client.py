@@ -48,7 +48,12 @@ class Client:
         self.store = store
         disk = None
         if use_disk_cache:
-            disk = DiskBlockCache(cache_dir or default_cache_dir(store.backend.url), cache_size)
+            directory = cache_dir or default_cache_dir(store.backend.url)
+            try:
+                disk = DiskBlockCache(directory, cache_size)
+            except OSError as e:
+                store.close()
+                raise ModelfsError(f"cannot use cache directory {directory}: {e.strerror}") from None
         self.reader = BlockReader(store, disk)
 
     @property
