@@ -87,7 +87,12 @@ class DiskBlockCache:
     def put(self, block_id: str, data: bytes) -> None:
         path = self._path(block_id)
         if path.exists():
-            return
+            try:
+                os.utime(path)  # recently used again
+            except FileNotFoundError:
+                pass
+            else:
+                return
         try:
             path.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self._tmp)

@@ -21,7 +21,9 @@ def open_backend(url: str | os.PathLike[str], *, create: bool = False) -> Backen
     """The backend a store URL names. create=True makes a missing local directory."""
     text = os.fspath(url)
     parsed = urlparse(text)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+    if "://" not in text and parsed.scheme not in ("file", "memory"):
+        parsed = urlparse("")  # a relative path with a colon in it, like store:v1
+    if parsed.scheme in ("", "file"):
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost"):
                 raise StoreNotFoundError(f"file:// URL {text!r} names a remote host")

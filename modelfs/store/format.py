@@ -128,8 +128,8 @@ class StoreConfig:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise FormatError("the config object is not a modelfs store config")
         version = doc.get("version")
-        if not isinstance(version, int):
-            raise FormatError("store config has no format version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise FormatError("store config has no valid format version")
         if version > FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"store has format version {version}; this modelfs reads up to "
@@ -139,7 +139,12 @@ class StoreConfig:
             raise FormatError(f"store uses hash {doc.get('hash')!r}, expected {HASH_NAME!r}")
         try:
             chunking = dict(doc["chunking"])
-            chunking.pop("algorithm", None)
+            algorithm = chunking.pop("algorithm", None)
+            if algorithm != "fastcdc2020" or doc["compression"]["codec"] != "zstd":
+                raise FormatError(
+                    f"store uses chunking {algorithm!r} and compression "
+                    f"{doc['compression']['codec']!r}, which this modelfs does not know"
+                )
             return cls(
                 chunking=ChunkingLimits(**chunking),
                 zstd_level=int(doc["compression"]["level"]),

@@ -52,8 +52,11 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def _encode_name(name: str) -> str:
-    # '.' is escaped too, so no encoded name starts with '.' (backends reject that).
-    return quote(name.encode("utf-8", "surrogateescape"), safe=_SAFE)
+    # '.' is escaped too, so no encoded name starts with '.' (backends reject that),
+    # and '~' so that it only ever ends a file's key. quote() never escapes "_.-~"
+    # whatever `safe` says, hence the replaces; its output has no other '.' or '~'.
+    encoded = quote(name.encode("utf-8", "surrogateescape"), safe=_SAFE)
+    return encoded.replace(".", "%2E").replace("~", "%7E")
 
 
 def ref_key(path: str) -> str:
