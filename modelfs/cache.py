@@ -26,6 +26,8 @@ from pathlib import Path
 
 import blake3
 
+from .errors import InvalidArgumentError
+
 log = logging.getLogger(__name__)
 
 _EVICT_TO = 0.9
@@ -40,7 +42,7 @@ def _hash(data: bytes) -> str:
 class DiskBlockCache:
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
         if max_bytes <= 0:
-            raise ValueError(f"cache size must be positive, not {max_bytes}")
+            raise InvalidArgumentError(f"cache size must be positive, not {max_bytes}")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._blocks = self.directory / "blocks"

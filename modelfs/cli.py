@@ -206,11 +206,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     with _open(args) as client:
-        versions = client.history(args.path)
+        versions = client.history(args.path)[::-1]  # newest first, in both forms
     if args.json:
         _print_json([Client.version_dict(v) for v in versions])
         return 0
-    for v in reversed(versions):
+    for v in versions:
         if v.deleted:
             print(f"v{v.version:<4} {_when(v.time)}  deleted")
         else:
@@ -355,9 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ModelfsError as e:
-        print(f"modelfs: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError) as e:
         print(f"modelfs: error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:

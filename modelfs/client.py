@@ -20,7 +20,7 @@ from typing import Any
 
 from .backends import open_backend
 from .cache import DiskBlockCache
-from .errors import AlreadyExistsError, ModelfsError, StoreNotFoundError
+from .errors import AlreadyExistsError, InvalidArgumentError, ModelfsError, StoreNotFoundError
 from .reader import BlockReader, StoredFile
 from .store import FileInfo, FsckReport, PutResult, Store, StoreConfig, Version
 from .store.paths import normalize_path
@@ -53,7 +53,9 @@ class Client:
                 disk = DiskBlockCache(directory, cache_size)
             except OSError as e:
                 store.close()
-                raise ModelfsError(f"cannot use cache directory {directory}: {e.strerror}") from None
+                raise ModelfsError(
+                    f"cannot use cache directory {directory}: {e.strerror}"
+                ) from None
         self.reader = BlockReader(store, disk)
 
     @property
@@ -101,7 +103,7 @@ class Client:
     ) -> bytes:
         """Bytes [offset, offset+length) of a stored file (to its end by default)."""
         if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"invalid range offset={offset} length={length}")
+            raise InvalidArgumentError(f"invalid range offset={offset} length={length}")
         with self.open(path, version) as f:
             f.seek(offset)
             return f.read(length if length is not None else max(0, f.size - offset))

@@ -34,6 +34,12 @@ class ConflictError(ModelfsError):
     errno = _errno.EAGAIN
 
 
+class InvalidArgumentError(ModelfsError, ValueError):
+    """A value given to modelfs that it cannot use: bad params, sizes, ranges, types."""
+
+    errno = _errno.EINVAL
+
+
 class InvalidPathError(ModelfsError, ValueError):
     """A path that modelfs refuses to store (.., NUL, empty or over-long names)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .client import Client, open_store
-from .errors import FormatError, ModelfsError
+from .errors import FormatError, InvalidArgumentError, ModelfsError
 from .store import PutResult
 from .store.tensorfile import DTYPE_SIZES, TensorBytes, encode_header, parse_layout
 
@@ -49,7 +49,9 @@ def _tensor_bytes(name: str, value: Any) -> tuple[TensorBytes, str]:
             torch.float32: "F32", torch.int64: "I64", torch.float64: "F64",
         }.get(t.dtype)  # fmt: skip
         if dtype is None:
-            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot hold")
+            raise InvalidArgumentError(
+                f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot hold"
+            )
         raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
         return TensorBytes(dtype, tuple(t.shape), raw.tobytes()), "torch"
     arr = np.asarray(value)
@@ -60,20 +62,23 @@ def _tensor_bytes(name: str, value: Any) -> tuple[TensorBytes, str]:
             arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else arr.dtype
         )
     if dtype is None:
-        raise TypeError(f"tensor {name!r} has dtype {arr.dtype}, which safetensors cannot hold")
-    arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+        raise InvalidArgumentError(
+            f"tensor {name!r} has dtype {arr.dtype}, which safetensors cannot hold"
+        )
+    # asarray, not ascontiguousarray: that turns a 0-d (scalar) tensor into shape (1,).
+    arr = np.asarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False), order="C")
     return TensorBytes(dtype, arr.shape, arr.tobytes()), "numpy"
 
 
 def encode_model(params: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
     """The bytes of a safetensors file holding params."""
     if not isinstance(params, Mapping) or not params:
-        raise ValueError("params must be a non-empty dict of tensor name to tensor")
+        raise InvalidArgumentError("params must be a non-empty dict of tensor name to tensor")
     tensors: dict[str, TensorBytes] = {}
     kinds = set()
     for name, value in params.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
-            raise ValueError(f"invalid tensor name {name!r}")
+            raise InvalidArgumentError(f"invalid tensor name {name!r}")
         tensors[name], kind = _tensor_bytes(name, value)
         kinds.add(kind)
     meta = dict(metadata or {})
@@ -166,7 +171,7 @@ def load_model(
 ) -> dict[str, Any]:
     """The tensors of a stored model (a past version if given); framework 'numpy' or 'torch'."""
     if framework not in (None, "numpy", "torch"):
-        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+        raise InvalidArgumentError(f"framework must be 'numpy' or 'torch', not {framework!r}")
     client, owned = _client(store)
     try:
         data = client.read(model_path(name), version=version)

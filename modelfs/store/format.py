@@ -14,7 +14,7 @@ from typing import Any
 import blake3
 import xxhash
 
-from ..errors import FormatError, UnsupportedFormatError
+from ..errors import FormatError, InvalidArgumentError, UnsupportedFormatError
 
 FORMAT_NAME = "modelfs"
 FORMAT_VERSION = 1
@@ -85,13 +85,13 @@ class ChunkingLimits:
     def __post_init__(self) -> None:
         # pyfastcdc's own bounds; beyond them its cut points are undefined.
         if not (64 <= self.min_size <= 1 << 20):
-            raise ValueError(f"min block size {self.min_size} outside [64 B, 1 MiB]")
+            raise InvalidArgumentError(f"min block size {self.min_size} outside [64 B, 1 MiB]")
         if not (256 <= self.avg_size <= 4 << 20):
-            raise ValueError(f"average block size {self.avg_size} outside [256 B, 4 MiB]")
+            raise InvalidArgumentError(f"average block size {self.avg_size} outside [256 B, 4 MiB]")
         if not (1024 <= self.max_size <= 16 << 20):
-            raise ValueError(f"max block size {self.max_size} outside [1 KiB, 16 MiB]")
+            raise InvalidArgumentError(f"max block size {self.max_size} outside [1 KiB, 16 MiB]")
         if not (self.min_size <= self.avg_size <= self.max_size):
-            raise ValueError("block sizes must satisfy min <= avg <= max")
+            raise InvalidArgumentError("block sizes must satisfy min <= avg <= max")
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,9 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         if not (1 <= self.zstd_level <= 22):
-            raise ValueError(f"zstd level {self.zstd_level} outside 1..22")
+            raise InvalidArgumentError(f"zstd level {self.zstd_level} outside 1..22")
         if not (1 << 20 <= self.pack_size <= 1 << 30):
-            raise ValueError(f"pack size {self.pack_size} outside [1 MiB, 1 GiB]")
+            raise InvalidArgumentError(f"pack size {self.pack_size} outside [1 MiB, 1 GiB]")
 
     def to_bytes(self) -> bytes:
         return canonical_json(

@@ -42,6 +42,7 @@ from ..errors import (
     AlreadyExistsError,
     CorruptionError,
     FormatError,
+    InvalidArgumentError,
     IsADirectoryError_,
     ModelfsError,
     NotADirectoryError_,
@@ -545,7 +546,7 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise ValueError("metadata must be a dict of strings to strings")
+        raise InvalidArgumentError("metadata must be a dict of strings to strings")
     return dict(metadata)
 
 
@@ -618,4 +619,6 @@ def _open_source(source: Source) -> Iterator[_BufferSource | _FileSource]:
             spool.flush()
             yield _FileSource(spool, "the spooled input")
         return
-    raise TypeError(f"cannot store a {type(source).__name__}: give a path, bytes or a binary file")
+    raise InvalidArgumentError(
+        f"cannot store a {type(source).__name__}: give a path, bytes or a binary file"
+    )
