@@ -244,6 +244,16 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    if args.path:
+        with _open(args) as client:
+            result = client.verify(args.path, args.version)
+        if args.json:
+            _print_json({**result, "ok": True})
+        else:
+            print(
+                f"{result['path']} version {result['version']}: {result['blocks']} blocks verified, no problems found"
+            )
+        return 0
     with _open(args) as client:
         bar = ProgressBar("fsck", 0, force=args.progress)
         report = client.fsck(bar)
@@ -343,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("rm", cmd_rm, "delete a file (its history is kept)")
     sp.add_argument("path")
 
-    add("fsck", cmd_fsck, "read and verify every block; report what is corrupt or missing")
+    sp = add("fsck", cmd_fsck, "read and verify every block; report what is corrupt or missing")
+    sp.add_argument(
+        "path", nargs="?", help="check only this file (fetching every block from the store)"
+    )
+    sp.add_argument("--version", type=int)
     return p
 
 

@@ -18,11 +18,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from .backends import open_backend
 from .cache import DiskBlockCache
-from .errors import AlreadyExistsError, InvalidArgumentError, ModelfsError, StoreNotFoundError
+from .errors import (
+    AlreadyExistsError,
+    CorruptionError,
+    InvalidArgumentError,
+    ModelfsError,
+    StoreNotFoundError,
+)
 from .reader import BlockReader, StoredFile
-from .store import FileInfo, FsckReport, PutResult, Store, StoreConfig, Version
+from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version
 from .store.paths import normalize_path
 from .store.store import Progress, Source
 
@@ -169,6 +177,44 @@ class Client:
             "stored_bytes": stored,
             "dedup_ratio": logical_all / unique if unique else 1.0,
             "compression_ratio": unique / stored if stored else 1.0,
+        }
+
+    def verify(self, path: str, version: int | None = None) -> dict[str, Any]:
+        """Fetch every block of a version from the store (not the cache), check each
+        block and the whole-file hash; CorruptionError names the first bad offset."""
+        norm = normalize_path(path)
+        v = self.store.version(norm, version)
+        assert v.manifest is not None
+        manifest = self.store.load_manifest(v.manifest)
+        whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        batch: list[BlockRef] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            try:
+                datas = self.store.read_blocks(batch)
+            except CorruptionError as e:
+                bad = next((b for b in batch if b.location.block_id == e.block_id), batch[0])
+                raise e.with_file(norm, bad.file_offset) from None
+            for data in datas:
+                whole.update(data)
+            batch.clear()
+
+        for b in manifest.blocks:  # in batches, so memory stays bounded
+            batch.append(b)
+            batch_bytes += b.length
+            if batch_bytes >= 64 << 20:
+                flush()
+                batch_bytes = 0
+        if batch:
+            flush()
+        if f"blake3:{whole.hexdigest()}" != manifest.content_hash:
+            raise CorruptionError(f"{norm} version {v.version}: whole-file hash does not match")
+        return {
+            "path": norm,
+            "version": v.version,
+            "size": manifest.size,
+            "blocks": len(manifest.blocks),
         }
 
     def fsck(self, progress: Progress | None = None) -> FsckReport:
