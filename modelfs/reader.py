@@ -49,9 +49,30 @@ class BlockReader:
         self._inflight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="modelfs-readahead")
+        self._cache_writer = ThreadPoolExecutor(1, thread_name_prefix="modelfs-cache-writer")
+        # At most this many blocks (up to 4 MiB each) wait for the cache writer.
+        self._cache_backlog = threading.BoundedSemaphore(16)
 
     def close(self) -> None:
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        self._cache_writer.shutdown(wait=True)
+
+    def _cache_on_disk(self, block_id: str, data: bytes) -> None:
+        """Write a block to the disk cache in the background, unless too much is queued."""
+        if self.disk_cache is None:
+            return
+        cache = self.disk_cache
+        if not self._cache_backlog.acquire(blocking=False):
+            cache.put(block_id, data)  # the writer is behind: write it ourselves
+            return
+
+        def write() -> None:
+            try:
+                cache.put(block_id, data)
+            finally:
+                self._cache_backlog.release()
+
+        self._cache_writer.submit(write)
 
     def prefetch(self, manifest: Manifest, offset: int, length: int, path: str = "") -> None:
         """Start fetching the blocks of a range in the background; a later read shares the fetch."""
@@ -67,23 +88,27 @@ class BlockReader:
 
         self._prefetcher.submit(run)
 
-    def read(
-        self, manifest: Manifest, offset: int, length: int, *, readahead: int = 0, path: str = ""
-    ) -> bytes:
+    def read(self, manifest: Manifest, offset: int, length: int, *, path: str = "") -> bytes:
         """File bytes [offset, offset + length), short only at the end of the file."""
-        length = max(0, min(length, manifest.size - offset))
+        out = bytearray(max(0, min(length, manifest.size - offset)))
+        self.read_into(manifest, offset, memoryview(out), path=path)
+        return bytes(out)
+
+    def read_into(
+        self, manifest: Manifest, offset: int, view: memoryview, *, path: str = ""
+    ) -> int:
+        """Copy file bytes from offset into view; returns how many (short only at EOF)."""
+        length = max(0, min(len(view), manifest.size - offset))
         if length == 0:
-            return b""
+            return 0
         wanted = manifest.blocks_for(offset, length)
-        ahead = manifest.blocks_for(offset + length, readahead) if readahead else []
-        got = self._blocks(wanted + [b for b in ahead if b not in wanted], path)
-        out = bytearray(length)
+        got = self._blocks(wanted, path)
         for b in wanted:
             data = got[b.location.block_id]
             lo, hi = max(offset, b.file_offset), min(offset + length, b.end)
-            out[lo - offset : hi - offset] = data[lo - b.file_offset : hi - b.file_offset]
+            view[lo - offset : hi - offset] = data[lo - b.file_offset : hi - b.file_offset]
         self.stats.bytes_served += length
-        return bytes(out)
+        return length
 
     def _blocks(self, blocks: list[BlockRef], path: str) -> dict[str, bytes]:
         got: dict[str, bytes] = {}
@@ -134,8 +159,7 @@ class BlockReader:
                     bid = b.location.block_id
                     got[bid] = data
                     self.memory.put(bid, data)
-                    if self.disk_cache is not None:
-                        self.disk_cache.put(bid, data)
+                    self._cache_on_disk(bid, data)
                     self.stats.blocks_fetched += 1
                     self.stats.bytes_fetched += len(data)
         finally:
@@ -201,11 +225,10 @@ class StoredFile(io.RawIOBase):
             self._reader.prefetch(
                 self.manifest, self._pos + len(view), DEFAULT_READAHEAD, self.path
             )
-        data = self._reader.read(self.manifest, self._pos, len(view), path=self.path)
-        view[: len(data)] = data
-        self._pos += len(data)
+        n = self._reader.read_into(self.manifest, self._pos, view, path=self.path)
+        self._pos += n
         self._last_end = self._pos
-        return len(data)
+        return n
 
     def readall(self) -> bytes:
         chunks = []

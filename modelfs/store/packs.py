@@ -84,7 +84,8 @@ class PackWriter:
     def finish(self) -> tuple[str, bytes, bytes, list[BlockLocation]]:
         """(pack id, pack bytes, table bytes, locations) for the blocks added."""
         table = encode_table(self._rows)
-        body = b"".join(self._parts) + table + _TRAILER.pack(len(table), PACK_MAGIC)
+        # One join: each `+` would copy the whole pack again.
+        body = b"".join([*self._parts, table, _TRAILER.pack(len(table), PACK_MAGIC)])
         pack_id = object_id(body)
         locations = [
             BlockLocation(

@@ -408,12 +408,15 @@ class Store:
                 pack=first.pack,
             ) from None
         view = memoryview(data)
-        out = {}
-        for loc in group:
-            out[(loc.pack, loc.offset)] = verify_block(
+
+        def check(loc: BlockLocation) -> bytes:
+            return verify_block(
                 loc, view[loc.offset - start : loc.offset - start + loc.stored_length]
             )
-        return out
+
+        # One request may bring many blocks; verify and decode them on every core.
+        plain = self._cpu.map(check, group) if len(group) > 1 else map(check, group)
+        return {(loc.pack, loc.offset): p for loc, p in zip(group, plain, strict=True)}
 
     # checking
 

