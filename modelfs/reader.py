@@ -3,9 +3,11 @@
 BlockReader turns "bytes [offset, offset+n) of this manifest" into the few
 blocks that overlap, takes each from the memory cache, then the disk cache,
 and fetches the rest from the store in one parallel, coalesced batch.
-Concurrent readers of one block share one fetch. StoredFile wraps it as a
-lazy, seekable, read-only file object; sequential reading widens each fetch
-to the blocks ahead (readahead).
+Concurrent readers of one block share one fetch. Fetched blocks go to the
+disk cache from a background thread, so a cold read does not wait on cache
+writes. StoredFile wraps it as a lazy, seekable, read-only file object;
+sequential reading starts fetching the next 32 MiB in the background
+(readahead) while the caller consumes this read.
 """
 
 from __future__ import annotations
