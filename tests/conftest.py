@@ -54,6 +54,30 @@ def minilm_path() -> Path:
     return MINILM
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Damage one byte of a file on disk, as bit rot or a bad disk would."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.fixture(scope="session")
+def minilm_bytes(minilm_path: Path) -> bytes:
+    return minilm_path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> str:
+    """A store holding MiniLM at minilm/model.safetensors, shared by tests that only read it."""
+    base = tmp_path_factory.mktemp("minilm-store")
+    url = str(base / "store")
+    with modelfs.open_store(url, create=True, cache_dir=base / "cache") as c:
+        c.put("minilm/model.safetensors", minilm_path)
+    return url
+
+
 @pytest.fixture(scope="session")
 def minilm_tensors() -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
@@ -74,7 +98,9 @@ def minilm_bf16_path(tmp_path_factory: pytest.TempPathFactory, minilm_tensors) -
             tensors[name] = TensorBytes("BF16", arr.shape, rounded.tobytes())
         else:
             tensors[name] = TensorBytes(
-                {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}[arr.dtype], arr.shape, arr.tobytes()
+                {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}[arr.dtype],
+                arr.shape,
+                arr.tobytes(),
             )
     path = tmp_path_factory.mktemp("bf16") / "model-bf16.safetensors"
     with open(path, "wb") as f:
@@ -87,7 +113,11 @@ def minilm_bf16_path(tmp_path_factory: pytest.TempPathFactory, minilm_tensors) -
 @pytest.fixture(params=["local", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn; the conformance suite runs on all of them."""
-    b: Backend = LocalBackend(tmp_path / "blobs", create=True) if request.param == "local" else MemoryBackend()
+    b: Backend = (
+        LocalBackend(tmp_path / "blobs", create=True)
+        if request.param == "local"
+        else MemoryBackend()
+    )
     yield b
     b.close()
 
@@ -114,7 +144,9 @@ class CLI:
     def __init__(self, cache_home: Path) -> None:
         self.env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
 
-    def __call__(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [sys.executable, "-m", "modelfs", *map(str, args)],
             input=input, capture_output=True, env=self.env, timeout=300,

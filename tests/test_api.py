@@ -23,21 +23,6 @@ from modelfs.models import model_path
 PATH = "minilm/model.safetensors"
 
 
-@pytest.fixture(scope="module")
-def minilm_bytes(minilm_path: Path) -> bytes:
-    return minilm_path.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> str:
-    """A store holding MiniLM at PATH, shared by the tests that only read it."""
-    base = tmp_path_factory.mktemp("minilm-store")
-    url = str(base / "store")
-    with modelfs.open_store(url, create=True, cache_dir=base / "cache") as c:
-        c.put(PATH, minilm_path)
-    return url
-
-
 @pytest.fixture
 def minilm_client(minilm_store: str, tmp_path: Path) -> Iterator[modelfs.Client]:
     with modelfs.open_store(minilm_store, cache_dir=tmp_path / "cache") as c:

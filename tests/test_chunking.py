@@ -66,11 +66,6 @@ def with_header(doc: object, data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def minilm_bytes(minilm_path: Path) -> bytes:
-    return minilm_path.read_bytes()
-
-
-@pytest.fixture(scope="module")
 def small_model(minilm_tensors: dict[str, np.ndarray]) -> dict[str, TensorBytes]:
     """A few real MiniLM tensors (about 3 MiB), in several float dtypes."""
     dense = minilm_tensors["encoder.layer.0.intermediate.dense.weight"]

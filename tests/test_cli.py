@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import CLI, sha256
+from conftest import CLI, flip_byte, sha256
 
 import modelfs
 from modelfs.models import encode_model
@@ -38,14 +38,6 @@ def store_objects(store: str | Path) -> dict[str, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def middle_block(store: str) -> SimpleNamespace:

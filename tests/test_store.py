@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import sha256
+from conftest import flip_byte, sha256
 
 import modelfs
 from modelfs.backends import LocalBackend
@@ -49,14 +49,6 @@ def tensor_ranges(data: bytes) -> dict[str, tuple[int, int]]:
     }
 
 
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def pack_file(store_root: str | Path, pack_id: str) -> Path:
     return Path(store_root) / pack_key(pack_id)
 
@@ -64,11 +56,6 @@ def pack_file(store_root: str | Path, pack_id: str) -> Path:
 def packs_on_disk(store_root: str | Path) -> dict[str, int]:
     root = Path(store_root) / "packs"
     return {p.name: p.stat().st_size for p in root.rglob("*") if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def minilm_bytes(minilm_path: Path) -> bytes:
-    return minilm_path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +75,6 @@ def finetuned(minilm_tensors: dict[str, np.ndarray]) -> tuple[bytes, set[str]]:
     tensors["classifier.bias"] = np.zeros(2, np.float32)
     data = safetensors.numpy.save(tensors, metadata={"format": "pt"})
     return data, changed | {"classifier.weight", "classifier.bias"}
-
-
-@pytest.fixture(scope="module")
-def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> str:
-    """A store holding MiniLM at PATH, shared by the tests that only read it."""
-    base = tmp_path_factory.mktemp("minilm-store")
-    url = str(base / "store")
-    with modelfs.open_store(url, create=True, cache_dir=base / "cache") as c:
-        c.put(PATH, minilm_path)
-    return url
 
 
 @pytest.fixture
