@@ -652,3 +652,25 @@ def test_truncated_pack_is_reported_with_the_files_it_affects(
         assert (
             c.read(PATH, kept.file_offset, kept.length) == minilm_bytes[kept.file_offset : kept.end]
         )
+
+
+def test_fsck_reports_a_pack_whose_block_table_was_altered(
+    client: modelfs.Client, stored_minilm: PutResult, store_url: str
+) -> None:
+    manifest = client.store.manifest(PATH)
+    pack_id = manifest.blocks[0].location.pack
+    path = pack_file(store_url, pack_id)
+    body = bytearray(path.read_bytes())
+    (table_len,) = struct.unpack_from("<I", body, len(body) - 12)
+    table_start = len(body) - 12 - table_len
+    # Change one hex digit of the first block id in the table: still valid JSON,
+    # but no longer the table the pack is named by.
+    digit = table_start + len(b'{"blocks":[["')
+    assert body[table_start:digit] == b'{"blocks":[["'
+    body[digit] = ord("0") if body[digit] != ord("0") else ord("1")
+    path.write_bytes(bytes(body))
+
+    report = client.fsck()
+
+    assert not report.ok
+    assert any(pack_id in p and "does not match its name" in p for p in report.problems)

@@ -33,7 +33,7 @@ def block_id(data: bytes | memoryview) -> str:
 
 
 def object_id(data: bytes) -> str:
-    """The id of a content-addressed object (manifest, pack): BLAKE3-256 of its bytes."""
+    """The id of a content-addressed object: BLAKE3-256 of its bytes (a manifest's, a pack's table)."""
     return blake3.blake3(data).hexdigest()
 
 
