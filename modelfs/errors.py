@@ -62,6 +62,10 @@ class IsADirectoryError_(InvalidPathError):
     errno = _errno.EISDIR
 
 
+class DirectoryNotEmptyError(ModelfsError):
+    errno = _errno.ENOTEMPTY
+
+
 class StoreNotFoundError(ModelfsError):
     """The URL names no modelfs store (no config object there)."""
 

@@ -35,6 +35,9 @@ class ByteRange:
 class BlobInfo:
     key: str
     size: int
+    # Changes whenever the blob is replaced (S3: the ETag; local: inode and mtime).
+    # Not comparable with the etags of get_with_etag / put_if_match.
+    token: str = ""
 
 
 class Backend(ABC):
@@ -72,6 +75,11 @@ class Backend(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with prefix, in lexicographic order."""
+
+    def list_info(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Like list, with each blob's size and change token (one listing, no reads)."""
+        for key in self.list(prefix):
+            yield self.head(key)
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -28,6 +28,11 @@ def _etag(data: Data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+def _token(st: os.stat_result) -> str:
+    # Every write renames a new file into place, so the inode changes with the content.
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
 class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root).absolute()
@@ -68,13 +73,16 @@ class LocalBackend(Backend):
             raise NotFoundError(f"no blob {key!r} in {self.url}") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFoundError(f"no blob {key!r} in {self.url}")
-        return BlobInfo(key, st.st_size)
+        return BlobInfo(key, st.st_size, _token(st))
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        return (info.key for info in self.list_info(prefix))
+
+    def list_info(self, prefix: str = "") -> Iterator[BlobInfo]:
         # Walk only the deepest directory the prefix names completely.
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base_dir if base_dir else self.root
-        keys: list[str] = []
+        infos: list[BlobInfo] = []
         for dirpath, dirnames, filenames in os.walk(start):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel + "/"
@@ -82,8 +90,13 @@ class LocalBackend(Backend):
             for name in filenames:
                 key = rel + name
                 if key.startswith(prefix) and not name.startswith("."):
-                    keys.append(key)
-        return iter(sorted(keys))
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue  # deleted while we walked
+                    infos.append(BlobInfo(key, st.st_size, _token(st)))
+        infos.sort(key=lambda i: i.key)
+        return iter(infos)
 
     # writes
 

@@ -39,7 +39,8 @@ class MemoryBackend(Backend):
         return data, xxhash.xxh3_128_hexdigest(data)
 
     def head(self, key: str) -> BlobInfo:
-        return BlobInfo(key, len(self._get(key)))
+        data = self._get(key)
+        return BlobInfo(key, len(data), xxhash.xxh3_128_hexdigest(data))
 
     def put(self, key: str, data: Data) -> str:
         with self._lock:

@@ -5,7 +5,8 @@ components, no NUL, each name at most 255 bytes (NAME_MAX) and the whole at
 most 1024 bytes (PATH_MAX of object keys). Ref keys percent-encode each name
 so that any name is a safe blob key; a file's ref key ends in '~', which never
 appears unescaped in an encoded name, so a file's key can never be a prefix
-directory of another path's key.
+directory of another path's key. A directory made empty on purpose (mkdir)
+is marked by the key "refs/<encoded dir>/~".
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ..errors import InvalidPathError, NameTooLongError
 NAME_MAX = 255
 PATH_MAX = 1024
 REFS_PREFIX = "refs/"
+# A lone "~" name: encoded names are never empty, so no file's key ends in "/~".
+DIR_MARKER = "~"
 _SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
@@ -79,8 +82,24 @@ def dir_ref_prefix(prefix: str) -> str:
     return REFS_PREFIX + "/".join(_encode_name(p) for p in norm.split("/")) + "/"
 
 
+def dir_marker_key(path: str) -> str:
+    """The key whose presence makes a directory exist although no file is in it (mkdir)."""
+    return dir_ref_prefix(normalize_path(path)) + DIR_MARKER
+
+
+def is_dir_marker_key(key: str) -> bool:
+    return key.startswith(REFS_PREFIX) and key.endswith("/" + DIR_MARKER)
+
+
 def path_from_ref_key(key: str) -> str:
-    if not key.startswith(REFS_PREFIX) or not key.endswith("~"):
-        raise InvalidPathError(f"{key!r} is not a ref key")
+    if not key.startswith(REFS_PREFIX) or not key.endswith("~") or is_dir_marker_key(key):
+        raise InvalidPathError(f"{key!r} is not a file's ref key")
     encoded = key[len(REFS_PREFIX) : -1]
+    return "/".join(unquote(p, errors="surrogateescape") for p in encoded.split("/"))
+
+
+def path_from_dir_marker_key(key: str) -> str:
+    if not is_dir_marker_key(key):
+        raise InvalidPathError(f"{key!r} is not a directory marker key")
+    encoded = key[len(REFS_PREFIX) : -len(DIR_MARKER) - 1]
     return "/".join(unquote(p, errors="surrogateescape") for p in encoded.split("/"))

@@ -19,6 +19,7 @@ Caveats:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -41,6 +42,7 @@ from ..backends.base import Backend, ByteRange
 from ..errors import (
     AlreadyExistsError,
     CorruptionError,
+    DirectoryNotEmptyError,
     FormatError,
     InvalidArgumentError,
     IsADirectoryError_,
@@ -62,8 +64,16 @@ from .format import (
     pack_key,
 )
 from .manifest import BlockRef, Manifest
+from .namespace import RefCache, Tree
 from .packs import BlockLocation, PackWriter, read_trailer
-from .paths import REFS_PREFIX, dir_ref_prefix, normalize_path, path_from_ref_key
+from .paths import (
+    REFS_PREFIX,
+    dir_marker_key,
+    dir_ref_prefix,
+    is_dir_marker_key,
+    normalize_path,
+    path_from_ref_key,
+)
 from .refs import Ref, Version, append_version, load_ref
 from .tensorfile import TensorLayout, header_size_needed, parse_layout
 
@@ -126,6 +136,7 @@ class Store:
         self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="modelfs-cpu")
         self._index_lock = threading.Lock()
         self._index_loaded = False
+        self._ref_cache = RefCache()
 
     # opening
 
@@ -304,15 +315,15 @@ class Store:
         self.index.add(pack_id, locations)
         log.debug("uploaded pack %s: %d blocks, %d bytes", pack_id, len(locations), len(body))
 
-    def _check_namespace(self, path: str) -> None:
+    def _check_namespace(self, path: str, what: str = "store") -> None:
         """A path cannot be both a file and a directory."""
         parts = path.split("/")
         for i in range(1, len(parts)):
             ancestor = "/".join(parts[:i])
             if self._current(ancestor) is not None:
-                raise NotADirectoryError_(f"cannot store {path}: {ancestor} is a file")
+                raise NotADirectoryError_(f"cannot {what} {path}: {ancestor} is a file")
         if self.is_dir(path):
-            raise IsADirectoryError_(f"cannot store {path}: it is a directory")
+            raise IsADirectoryError_(f"cannot {what} {path}: it is a directory")
 
     def _current(self, path: str) -> Version | None:
         try:
@@ -350,8 +361,88 @@ class Store:
         return Manifest.from_bytes(data, manifest_id)
 
     def is_dir(self, path: str) -> bool:
+        """Whether path is a directory: marked by mkdir, or holding a current file."""
+        if not path.strip("/"):
+            return True
         prefix = dir_ref_prefix(path)
+        if any(is_dir_marker_key(k) for k in self.backend.list(prefix)):
+            return True
         return any(True for _ in self._current_files(prefix, limit=1))
+
+    def scan(self) -> Tree:
+        """Every current file and directory, reading only refs changed since the last scan."""
+        return self._ref_cache.scan(self.backend, self._io)
+
+    def mkdir(self, path: str) -> None:
+        """Make an (empty) directory; AlreadyExistsError if the path exists."""
+        path = normalize_path(path)
+        if self._current(path) is not None or self.is_dir(path):
+            raise AlreadyExistsError(f"cannot make directory {path}: it exists")
+        self._check_namespace(path, "make directory")
+        self.backend.put(dir_marker_key(path), b"{}")
+
+    def ensure_dir(self, path: str) -> None:
+        """Mark path as a directory, so it outlives the files in it (no error if it is one)."""
+        if path.strip("/"):
+            try:
+                self.backend.put_if_absent(dir_marker_key(normalize_path(path)), b"{}")
+            except AlreadyExistsError:
+                pass
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        path = normalize_path(path)
+        if self._current(path) is not None:
+            raise NotADirectoryError_(f"cannot remove directory {path}: it is a file")
+        prefix = dir_ref_prefix(path)
+        marker = dir_marker_key(path)
+        for key in self.backend.list(prefix):
+            if key == marker:
+                continue
+            if is_dir_marker_key(key) or self._current(path_from_ref_key(key)) is not None:
+                raise DirectoryNotEmptyError(f"cannot remove directory {path}: it is not empty")
+        try:
+            self.backend.head(marker)
+        except NotFoundError:
+            raise NotFoundError(f"no such directory in the store: {path}") from None
+        self.backend.delete(marker)
+
+    def rename(self, old: str, new: str, *, message: str = "") -> Version:
+        """Make old's current content the next version of new, then delete old.
+
+        Metadata only: the manifest is shared, no block moves. Readers of new see
+        its previous version or the renamed content, never a mix.
+        """
+        old, new = normalize_path(old), normalize_path(new)
+        source = self.version(old)
+        if old == new:
+            return source
+        self._check_namespace(new, "rename to")
+        version = append_version(
+            self.backend, new, source.manifest, size=source.size,
+            content_hash=source.content_hash, message=message or f"renamed from {old}",
+        )  # fmt: skip
+        append_version(self.backend, old, None, message=f"renamed to {new}")
+        return version
+
+    def set_metadata(self, path: str, metadata: dict[str, str], *, message: str = "") -> Version:
+        """A new version of path with the same content and this metadata (no data moves)."""
+        path = normalize_path(path)
+        metadata = _check_metadata(metadata)
+        current = self.version(path)
+        assert current.manifest is not None
+        manifest = self.load_manifest(current.manifest)
+        if manifest.metadata == metadata:
+            return current
+        updated = dataclasses.replace(manifest, metadata=metadata)
+        try:
+            self.backend.put_if_absent(manifest_key(updated.id), updated.to_bytes())
+        except AlreadyExistsError:
+            pass
+        return append_version(
+            self.backend, path, updated.id, size=current.size,
+            content_hash=current.content_hash, message=message or "metadata changed",
+        )  # fmt: skip
 
     def list(self, prefix: str = "") -> list[FileInfo]:
         """Current files under a directory prefix ('' for all), sorted by path."""
@@ -367,7 +458,9 @@ class Store:
         return list(self._current_files(dir_ref_prefix(prefix)))
 
     def _current_files(self, key_prefix: str, limit: int | None = None) -> Iterator[FileInfo]:
-        keys = [k for k in self.backend.list(key_prefix) if k.endswith("~")]
+        keys = [
+            k for k in self.backend.list(key_prefix) if k.endswith("~") and not is_dir_marker_key(k)
+        ]
         batch = 64 if limit is None else limit
         found = 0
         for start in range(0, len(keys), batch):
@@ -467,7 +560,7 @@ class Store:
         report.missing_packs = sorted(missing)
 
         for key in self.backend.list(REFS_PREFIX):
-            if not key.endswith("~"):
+            if not key.endswith("~") or is_dir_marker_key(key):
                 continue
             path = path_from_ref_key(key)
             report.files_checked += 1
