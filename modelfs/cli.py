@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .client import DEFAULT_CACHE_SIZE, Client, init_store, open_store
+from .client import DEFAULT_CACHE_SIZE, Client, default_cache_dir, init_store, open_store
 from .errors import ModelfsError
 from .store import ChunkingLimits, StoreConfig
 
@@ -280,6 +280,53 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.ok else 3
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .mount import MountOptions, run_foreground, start_background
+
+    opts = MountOptions(
+        store=args.store, mountpoint=args.mountpoint, cache_dir=args.cache_dir,
+        cache_size=args.cache_size, read_only=args.read_only, allow_other=args.allow_other,
+        refresh_interval=args.refresh_interval, fuse_options=args.o or [],
+    )  # fmt: skip
+    if args.foreground:
+        run_foreground(opts, args.ready_fd)
+        return 0
+    from .mount import check_mountpoint
+
+    check_mountpoint(args.mountpoint)  # fail fast, in the caller's terminal
+    log_file = args.log_file or os.path.join(
+        args.cache_dir or str(default_cache_dir(args.store)), "mount.log"
+    )
+    start_background(args.argv, log_file)
+    print(f"mounted {args.store} at {args.mountpoint} (log: {log_file})")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .mount import unmount
+
+    unmount(args.mountpoint, timeout=args.timeout)
+    print(f"unmounted {args.mountpoint}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    path = os.path.join(args.mountpoint, ".modelfs", "stats")
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+    except FileNotFoundError:
+        raise ModelfsError(f"{args.mountpoint} is not a modelfs mount") from None
+    if args.json:
+        _print_json(stats)
+        return 0
+    for key, value in stats.items():
+        if isinstance(value, int) and ("bytes" in key or key.startswith("disk_cache")):
+            value = f"{value} ({human(value)})"
+        print(f"{key:>22}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelfs", description="A deduplicating, verified store for model files."
@@ -353,6 +400,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("rm", cmd_rm, "delete a file (its history is kept)")
     sp.add_argument("path")
 
+    sp = add("mount", cmd_mount, "mount a store as a directory tree (in the background by default)")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--read-only", action="store_true", help="refuse every write")
+    sp.add_argument(
+        "--allow-other", action="store_true", help="let other users (and containers) read it"
+    )
+    sp.add_argument(
+        "--foreground", action="store_true", help="stay in the foreground; log to stderr"
+    )
+    sp.add_argument(
+        "-o", action="append", metavar="OPTION[,OPTION]", help="extra FUSE mount options"
+    )
+    sp.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how stale listings and attributes may be (open always sees the newest version)",
+    )
+    sp.add_argument("--log-file", help="the daemon's log (default CACHE_DIR/mount.log)")
+    sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("umount", help="unmount, waiting for the daemon to finish")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.set_defaults(fn=cmd_umount)
+
+    sp = sub.add_parser("stats", help="a mount's cache and traffic figures")
+    sp.add_argument("mountpoint")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_stats)
+
     sp = add("fsck", cmd_fsck, "read and verify every block; report what is corrupt or missing")
     sp.add_argument(
         "path", nargs="?", help="check only this file (fetching every block from the store)"
@@ -363,8 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    args.argv = [a for a in argv if a not in ("-v", "-vv", "--verbose")]
+    # A mount daemon logs what it does (to its log file); commands only warn.
+    verbosity = args.verbose + (1 if args.command == "mount" else 0)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)

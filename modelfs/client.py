@@ -90,9 +90,12 @@ class Client:
         metadata: dict[str, str] | None = None,
         message: str = "",
         progress: Progress | None = None,
+        mode: int = 0,
     ) -> PutResult:
         """Store a local path, a binary file object or bytes as the next version of path."""
-        return self.store.put(path, source, metadata=metadata, message=message, progress=progress)
+        return self.store.put(
+            path, source, metadata=metadata, message=message, progress=progress, mode=mode
+        )
 
     def delete(self, path: str) -> Version:
         return self.store.delete(path)

@@ -96,6 +96,24 @@ class BlockReader:
         self.read_into(manifest, offset, memoryview(out), path=path)
         return bytes(out)
 
+    def read_cached(self, manifest: Manifest, offset: int, length: int) -> bytes | None:
+        """The bytes, if every block they need is in the memory cache; else None.
+
+        Cheap enough to run on an event loop: no I/O, no hashing."""
+        length = max(0, min(length, manifest.size - offset))
+        if length == 0:
+            return b""
+        parts = []
+        for b in manifest.blocks_for(offset, length):
+            data = self.memory.get(b.location.block_id)
+            if data is None:
+                return None
+            lo, hi = max(offset, b.file_offset), min(offset + length, b.end)
+            parts.append(data[lo - b.file_offset : hi - b.file_offset])
+        self.stats.memory_hits += len(parts)
+        self.stats.bytes_served += length
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def read_into(
         self, manifest: Manifest, offset: int, view: memoryview, *, path: str = ""
     ) -> int:

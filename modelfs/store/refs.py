@@ -32,6 +32,7 @@ class Version:
     size: int = 0
     content_hash: str = ""
     message: str = ""
+    mode: int = 0  # POSIX type and permission bits; 0: a regular file, 0644
 
     @property
     def deleted(self) -> bool:
@@ -95,6 +96,7 @@ def append_version(
     size: int = 0,
     content_hash: str = "",
     message: str = "",
+    mode: int = 0,
     require_current: bool = False,
 ) -> Version:
     """Publish a new version of path (manifest None: delete it) by compare-and-swap."""
@@ -108,7 +110,7 @@ def append_version(
         if require_current and (ref is None or ref.current is None):
             raise NotFoundError(f"no such file in the store: {path}")
         versions = ref.versions if ref else ()
-        new = Version(len(versions) + 1, manifest, time.time(), size, content_hash, message)
+        new = Version(len(versions) + 1, manifest, time.time(), size, content_hash, message, mode)
         body = Ref(path, versions + (new,)).to_bytes()
         try:
             if ref is None:

@@ -186,8 +186,9 @@ class Store:
         metadata: dict[str, str] | None = None,
         message: str = "",
         progress: Progress | None = None,
+        mode: int = 0,
     ) -> PutResult:
-        """Store source as the next version of path."""
+        """Store source as the next version of path (mode: POSIX bits; 0 for a plain file)."""
         started = time.monotonic()
         path = normalize_path(path)
         self._check_namespace(path)
@@ -226,6 +227,7 @@ class Store:
             size=manifest.size,
             content_hash=manifest.content_hash,
             message=message,
+            mode=mode,
         )
         result = PutResult(
             path, version.version, manifest.size, len(blocks), new_blocks, new_bytes, uploaded,
@@ -419,7 +421,7 @@ class Store:
             return source
         self._check_namespace(new, "rename to")
         version = append_version(
-            self.backend, new, source.manifest, size=source.size,
+            self.backend, new, source.manifest, size=source.size, mode=source.mode,
             content_hash=source.content_hash, message=message or f"renamed from {old}",
         )  # fmt: skip
         append_version(self.backend, old, None, message=f"renamed to {new}")
@@ -440,8 +442,18 @@ class Store:
         except AlreadyExistsError:
             pass
         return append_version(
-            self.backend, path, updated.id, size=current.size,
+            self.backend, path, updated.id, size=current.size, mode=current.mode,
             content_hash=current.content_hash, message=message or "metadata changed",
+        )  # fmt: skip
+
+    def chmod(self, path: str, mode: int) -> Version:
+        """A new version of path with the same content and these mode bits."""
+        current = self.version(path)
+        if current.mode == mode:
+            return current
+        return append_version(
+            self.backend, normalize_path(path), current.manifest, size=current.size, mode=mode,
+            content_hash=current.content_hash, message="mode changed",
         )  # fmt: skip
 
     def list(self, prefix: str = "") -> list[FileInfo]:

@@ -1,0 +1,823 @@
+"""pyfuse3 Operations: the store as a directory tree any program can open by path.
+
+Reads go through the BlockReader (memory cache, disk cache, verified fetches);
+a file opened for reading is pinned to the version current at open, so it
+never changes under its reader. Writes go to a local staging file; flush (on
+every close) and fsync commit a dirty file as a new version, so close()
+reports a failed upload. Rename is metadata only. The namespace comes from
+a scan of the store's refs, refreshed at most every refresh_interval seconds;
+open() always reads the path's ref afresh (close-to-open consistency).
+
+Blocking work (backend calls, hashing, zstd) runs in worker threads under one
+CapacityLimiter; trio's event loop only moves requests.
+
+Caveats:
+- mtime is the commit time of the current version; utimens is accepted but not kept.
+- Owners are the mounting user; chown is refused with EPERM.
+- Renaming a directory renames each file in it, one compare-and-swap each.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from ..errors import ModelfsError, NotFoundError, ReadOnlyError
+from ..reader import BlockReader
+from ..store import Manifest, Store
+from ..store.namespace import Tree
+from ..store.paths import normalize_path
+from ..store.refs import Version
+from .errors import fuse_error_boundary
+from .inodes import InodeTable
+from .staging import StagedFile, StagingArea
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONTROL_DIR = ".modelfs"
+STATS_FILE = ".modelfs/stats"
+DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
+DIR_MODE = stat.S_IFDIR | 0o755
+XATTR_PREFIX = "user."
+BLOCK_SIZE = 4096
+MIN_READAHEAD = 4 << 20
+MAX_READAHEAD = 64 << 20
+
+
+def _fuse(err: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(err)
+
+
+def _join(parent: str, name: bytes) -> str:
+    text = os.fsdecode(name)
+    if "/" in text or text in (".", ".."):
+        raise _fuse(errno.EINVAL)
+    return f"{parent}/{text}" if parent else text
+
+
+@dataclass
+class ReadHandle:
+    path: str
+    inode: int
+    version: Version
+    manifest: Manifest
+    last_end: int = -1
+    readahead: int = 0
+
+
+@dataclass
+class WriteHandle:
+    path: str
+    inode: int
+    staged: StagedFile
+    writable: bool = True
+
+
+@dataclass
+class VirtualHandle:
+    data: bytes
+
+
+@dataclass
+class DirHandle:
+    entries: list[tuple[str, str]] = field(default_factory=list)  # (name, path)
+
+
+@dataclass
+class Counters:
+    opens: int = 0
+    reads: int = 0
+    writes: int = 0
+    bytes_written: int = 0
+    commits: int = 0
+    commit_errors: int = 0
+    read_errors: int = 0
+
+
+@fuse_error_boundary
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        store: Store,
+        reader: BlockReader,
+        staging: StagingArea,
+        *,
+        read_only: bool = False,
+        refresh_interval: float = 5.0,
+        threads: int = 16,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.reader = reader
+        self.staging = staging
+        self.read_only = read_only
+        self.refresh_interval = refresh_interval
+        self.inodes = InodeTable()
+        self.tree = Tree()
+        self._tree_time = 0.0
+        self._handles: dict[int, ReadHandle | WriteHandle | VirtualHandle | DirHandle] = {}
+        self._next_fh = 1
+        self._staged: dict[str, StagedFile] = {}  # store path -> file being written
+        self._cached_manifest: dict[int, str] = {}  # inode -> manifest its page cache holds
+        self._limiter = trio.CapacityLimiter(threads)
+        self._refresh_lock = trio.Lock()
+        self.counters = Counters()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.started = time.time()
+
+    # helpers
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._tree_time < self.refresh_interval:
+            return
+        async with self._refresh_lock:
+            if not force and time.monotonic() - self._tree_time < self.refresh_interval:
+                return
+            self.tree = await self._run(self.store.scan)
+            self._tree_time = time.monotonic()
+
+    def _new_fh(self, handle: ReadHandle | WriteHandle | VirtualHandle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("the mount is read-only")
+
+    def _is_dir(self, path: str) -> bool:
+        return path == "" or path == CONTROL_DIR or path in self.tree.dirs
+
+    def _exists(self, path: str) -> bool:
+        return (
+            self._is_dir(path)
+            or path in self.tree.files
+            or path in self._staged
+            or path == STATS_FILE
+        )
+
+    def _attr(self, inode: int, path: str) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.generation = 0
+        a.entry_timeout = self.refresh_interval
+        a.attr_timeout = self.refresh_interval
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_blksize = 128 << 10
+        mtime = self.started
+        if path in self._staged:
+            staged = self._staged[path]
+            a.st_mode = int(staged.metadata.get("modelfs.mode", DEFAULT_FILE_MODE))
+            a.st_size = staged.size
+            a.st_nlink = 1
+            mtime = os.fstat(staged.fd).st_mtime
+            a.attr_timeout = a.entry_timeout = 0  # changing under us
+        elif path == STATS_FILE:
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_size = len(self._stats_bytes())
+            a.st_nlink = 1
+            a.attr_timeout = 0
+        elif path in self.tree.files:
+            v = self.tree.files[path]
+            a.st_mode = v.mode or DEFAULT_FILE_MODE
+            a.st_size = v.size
+            a.st_nlink = 1
+            mtime = v.time
+        elif self._is_dir(path):
+            a.st_mode = DIR_MODE
+            a.st_size = 0
+            a.st_nlink = 2
+        else:
+            raise _fuse(errno.ENOENT)
+        a.st_blocks = (a.st_size + 511) // 512
+        ns = int(mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        return a
+
+    def _handle_attr(self, inode: int, handle: ReadHandle) -> pyfuse3.EntryAttributes:
+        """Attributes of an open (possibly since unlinked or replaced) file: its opened version."""
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.st_mode = handle.version.mode or DEFAULT_FILE_MODE
+        a.st_size = handle.version.size
+        a.st_nlink = 1
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_blksize = 128 << 10
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = int(handle.version.time * 1e9)
+        a.attr_timeout = a.entry_timeout = self.refresh_interval
+        return a
+
+    def _stats_bytes(self) -> bytes:
+        r = self.reader.stats
+        disk = self.reader.disk_cache
+        hits = r.memory_hits + r.disk_hits
+        lookups = hits + r.blocks_fetched
+        doc = {
+            "store": self.store.backend.url,
+            "uptime_s": round(time.time() - self.started, 1),
+            "cache_hit_rate": round(hits / lookups, 4) if lookups else None,
+            "blocks_from_memory": r.memory_hits,
+            "blocks_from_disk_cache": r.disk_hits,
+            "blocks_fetched": r.blocks_fetched,
+            "blocks_verified": r.blocks_fetched,
+            "bytes_fetched": r.bytes_fetched,
+            "bytes_served": r.bytes_served,
+            "disk_cache_bytes": disk.size if disk else 0,
+            "disk_cache_limit": disk.max_bytes if disk else 0,
+            "opens": self.counters.opens,
+            "reads": self.counters.reads,
+            "writes": self.counters.writes,
+            "bytes_written": self.counters.bytes_written,
+            "commits": self.counters.commits,
+            "commit_errors": self.counters.commit_errors,
+            "read_errors": self.counters.read_errors,
+            "files_being_written": len(self._staged),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    # lookups and attributes
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = _join(self.inodes.path(parent_inode), name)
+        await self._refresh()
+        if not self._exists(path):
+            raise _fuse(errno.ENOENT)
+        inode = self.inodes.inode(path)
+        attr = self._attr(inode, path)
+        self.inodes.looked_up(inode)
+        return attr
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        path = self.inodes.path(inode)
+        if path not in self._staged:
+            await self._refresh()
+        if not self._exists(path):
+            for h in self._handles.values():  # open but unlinked or replaced
+                if isinstance(h, ReadHandle) and h.inode == inode:
+                    return self._handle_attr(inode, h)
+        return self._attr(inode, path)
+
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: int | None, ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:  # fmt: skip
+        path = self.inodes.path(inode)
+        if fields.update_uid or fields.update_gid:
+            raise _fuse(errno.EPERM)
+        if fields.update_size:
+            self._check_writable()
+            staged = self._staged.get(path)
+            if staged is None:
+                staged = await self._stage(path, inode, truncate=attr.st_size == 0)
+                staged.handles -= 1  # no handle holds it: commit now
+                os.ftruncate(staged.fd, attr.st_size)
+                staged.dirty = True
+                await self._commit(staged)
+                await self._release_staged(staged)
+            else:
+                os.ftruncate(staged.fd, attr.st_size)
+                staged.dirty = True
+        if fields.update_mode:
+            self._check_writable()
+            mode = (attr.st_mode & 0o7777) | (self._attr(inode, path).st_mode & ~0o7777)
+            staged = self._staged.get(path)
+            if staged is not None:
+                staged.metadata["modelfs.mode"] = str(mode)
+            elif path in self.tree.files:
+                version = await self._run(self.store.chmod, path, mode)
+                self.tree.files[path] = version
+            elif not self._is_dir(path):
+                raise _fuse(errno.ENOENT)
+        return await self.getattr(inode, ctx)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = BLOCK_SIZE
+        total = 1 << 50  # object stores have no fixed size: report 1 PiB
+        used = sum(v.size for v in self.tree.files.values())
+        s.f_blocks = total // BLOCK_SIZE
+        s.f_bfree = s.f_bavail = max(0, total - used) // BLOCK_SIZE
+        s.f_files = len(self.tree.files) + len(self.tree.dirs)
+        s.f_ffree = s.f_favail = 1 << 32
+        s.f_namemax = 255
+        return s
+
+    # directories
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        path = self.inodes.path(inode)
+        await self._refresh()
+        if not self._is_dir(path):
+            raise _fuse(errno.ENOTDIR if self._exists(path) else errno.ENOENT)
+        if path == CONTROL_DIR:
+            entries = [("stats", STATS_FILE)]
+        else:
+            dirs, files = self.tree.children(path)
+            names = set(dirs) | set(files)
+            prefix = path + "/" if path else ""
+            for staged_path in self._staged:
+                if staged_path.startswith(prefix) and "/" not in staged_path[len(prefix) :]:
+                    names.add(staged_path[len(prefix) :])
+            if path == "":
+                names.discard(CONTROL_DIR)
+                names.add(CONTROL_DIR)
+            entries = [(n, prefix + n) for n in sorted(names)]
+        return self._new_fh(DirHandle(entries))
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handles[fh]
+        assert isinstance(handle, DirHandle)
+        for i in range(start_id, len(handle.entries)):
+            name, path = handle.entries[i]
+            try:
+                inode = self.inodes.inode(path)
+                attr = self._attr(inode, path)
+            except pyfuse3.FUSEError:
+                continue  # removed since opendir
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+                return
+            self.inodes.looked_up(inode)
+
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        path = _join(self.inodes.path(parent_inode), name)
+        await self._refresh(force=True)
+        if self._exists(path):
+            raise _fuse(errno.EEXIST)
+        await self._run(self.store.mkdir, path)
+        self.tree.add_dir_and_parents(path)
+        self.tree.explicit_dirs.add(path)
+        inode = self.inodes.inode(path)
+        self.inodes.looked_up(inode)
+        return self._attr(inode, path)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        path = _join(self.inodes.path(parent_inode), name)
+        if path == CONTROL_DIR:
+            raise _fuse(errno.EPERM)
+        await self._refresh(force=True)
+        if not self._is_dir(path):
+            raise _fuse(errno.ENOTDIR if self._exists(path) else errno.ENOENT)
+        dirs, files = self.tree.children(path)
+        if dirs or files or any(p.startswith(path + "/") for p in self._staged):
+            raise _fuse(errno.ENOTEMPTY)
+        await self._run(self.store.rmdir, path)
+        self.tree.dirs.discard(path)
+        self.tree.explicit_dirs.discard(path)
+        self.inodes.detach(path)
+
+    # files: namespace
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        parent = self.inodes.path(parent_inode)
+        path = _join(parent, name)
+        await self._refresh(force=True)
+        if self._is_dir(path):
+            raise _fuse(errno.EISDIR)
+        staged = self._staged.get(path)
+        if path not in self.tree.files and staged is None:
+            raise _fuse(errno.ENOENT)
+
+        def delete() -> None:
+            self.store.ensure_dir(parent)  # the directory outlives its last file
+            if path in self.tree.files:
+                self.store.delete(path)
+
+        await self._run(delete)
+        self.tree.files.pop(path, None)
+        self.tree.add_dir_and_parents(parent)
+        if staged is not None:  # written but not yet committed: it will never be
+            staged.path = ""
+            self._staged.pop(path, None)
+        self.inodes.detach(path)
+
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: pyfuse3.RequestContext,
+    ) -> None:  # fmt: skip
+        self._check_writable()
+        old = _join(self.inodes.path(parent_inode_old), name_old)
+        new = _join(self.inodes.path(parent_inode_new), name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fuse(errno.EINVAL)
+        if CONTROL_DIR in (old.split("/")[0], new.split("/")[0]):
+            raise _fuse(errno.EPERM)
+        await self._refresh(force=True)
+        if not self._exists(old):
+            raise _fuse(errno.ENOENT)
+        if flags & pyfuse3.RENAME_NOREPLACE and self._exists(new):
+            raise _fuse(errno.EEXIST)
+        if old == new:
+            return
+        if self._is_dir(old):
+            await self._rename_dir(old, new)
+        else:
+            if self._is_dir(new):
+                raise _fuse(errno.EISDIR)
+            await self._rename_file(old, new)
+        self.inodes.detach(new)
+        self.inodes.move(old, new)
+
+    async def _rename_file(self, old: str, new: str) -> None:
+        staged = self._staged.pop(old, None)
+        if staged is not None:
+            if new in self._staged:
+                raise _fuse(errno.EBUSY)  # both being written: refuse rather than guess
+            # Not committed yet: it will be committed under its new name.
+            staged.path = new
+            staged.write_journal()
+            self._staged[new] = staged
+            if old in self.tree.files:
+                await self._run(self._delete_keeping_parent, old)
+                self.tree.files.pop(old, None)
+            return
+        version = await self._run(self._rename_keeping_parent, old, new)
+        self.tree.files.pop(old, None)
+        self.tree.files[new] = version
+        self.tree.add_dir_and_parents(new.rpartition("/")[0])
+        await self._invalidate(new)
+
+    def _delete_keeping_parent(self, path: str) -> None:
+        self.store.ensure_dir(path.rpartition("/")[0])
+        self.store.delete(path)
+
+    def _rename_keeping_parent(self, old: str, new: str) -> Version:
+        self.store.ensure_dir(old.rpartition("/")[0])
+        return self.store.rename(old, new)
+
+    async def _rename_dir(self, old: str, new: str) -> None:
+        if self._exists(new):
+            if not self._is_dir(new):
+                raise _fuse(errno.ENOTDIR)
+            dirs, files = self.tree.children(new)
+            if dirs or files:
+                raise _fuse(errno.ENOTEMPTY)
+        if new.startswith(old + "/"):
+            raise _fuse(errno.EINVAL)
+        if any(p == old or p.startswith(old + "/") for p in self._staged):
+            raise _fuse(errno.EBUSY)
+        prefix = old + "/"
+        files = [p for p in self.tree.files if p.startswith(prefix)]
+        dirs = [d for d in self.tree.explicit_dirs if d == old or d.startswith(prefix)]
+
+        def move() -> None:
+            for d in dirs:
+                self.store.ensure_dir(new + d[len(old) :])
+            self.store.ensure_dir(new)
+            for p in files:
+                self.store.rename(p, new + p[len(old) :])
+            for d in sorted(dirs, reverse=True):
+                self.store.rmdir(d)
+
+        await self._run(move)
+        await self._refresh(force=True)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        path = _join(self.inodes.path(parent_inode), name)
+        await self._refresh(force=True)
+        if self._exists(path):
+            raise _fuse(errno.EEXIST)
+        await self._run(lambda: self.store.put(path, bytes(target), mode=stat.S_IFLNK | 0o777))
+        self.tree.files[path] = await self._run(self.store.version, path)
+        inode = self.inodes.inode(path)
+        self.inodes.looked_up(inode)
+        return self._attr(inode, path)
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        path = self.inodes.path(inode)
+        await self._refresh()
+        version = self.tree.files.get(path)
+        if version is None or not stat.S_ISLNK(version.mode):
+            raise _fuse(errno.EINVAL)
+        manifest = await self._run(self.store.load_manifest, version.manifest)
+        return await self._run(self.reader.read, manifest, 0, manifest.size)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _fuse(errno.EPERM)  # hard links: a path is the unit of versioning
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _fuse(errno.EPERM)
+
+    # files: data
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        path = self.inodes.path(inode)
+        self.counters.opens += 1
+        if path == STATS_FILE:
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise _fuse(errno.EACCES)
+            return pyfuse3.FileInfo(
+                fh=self._new_fh(VirtualHandle(self._stats_bytes())), direct_io=True
+            )
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        if writing:
+            self._check_writable()
+            truncate = bool(flags & os.O_TRUNC)
+            staged = self._staged.get(path)
+            if staged is None:
+                staged = await self._stage(path, inode, truncate=truncate)
+            else:
+                staged.handles += 1
+                if truncate:
+                    os.ftruncate(staged.fd, 0)
+            if truncate:
+                staged.dirty = True  # emptied: a new version even if nothing is written
+            fh = self._new_fh(WriteHandle(path, inode, staged))
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False)
+        staged = self._staged.get(path)
+        if staged is not None:  # read what this mount is writing
+            staged.handles += 1
+            return pyfuse3.FileInfo(
+                fh=self._new_fh(WriteHandle(path, inode, staged, writable=False))
+            )
+        # Close-to-open: read the path's ref afresh, whatever the refresh interval.
+        try:
+            version = await self._run(self.store.version, path)
+        except NotFoundError:
+            self.tree.files.pop(path, None)
+            raise _fuse(errno.ENOENT) from None
+        self.tree.files[path] = version
+        assert version.manifest is not None
+        manifest = await self._run(self.store.load_manifest, version.manifest)
+        # The kernel may keep pages cached from an earlier open only if they are of this version.
+        keep = self._cached_manifest.get(inode) == version.manifest
+        self._cached_manifest[inode] = version.manifest
+        return pyfuse3.FileInfo(
+            fh=self._new_fh(ReadHandle(path, inode, version, manifest)), keep_cache=keep
+        )
+
+    async def _stage(self, path: str, inode: int, *, truncate: bool) -> StagedFile:
+        """A staging file for path holding its current content (none if truncate), one handle."""
+        await self._refresh()
+        if self._is_dir(path):
+            raise _fuse(errno.EISDIR)
+        metadata: dict[str, str] = {}
+        manifest: Manifest | None = None
+        version: Version | None = None
+        try:
+            version = await self._run(self.store.version, path)
+        except NotFoundError:
+            pass
+        if version is not None:
+            assert version.manifest is not None
+            manifest = await self._run(self.store.load_manifest, version.manifest)
+            metadata = dict(manifest.metadata)
+            if version.mode:
+                metadata["modelfs.mode"] = str(version.mode)
+        staged = await self._run(self.staging.create, path, metadata)
+        if manifest is not None and not truncate:
+            await self._run(self._copy_into, manifest, staged, path)
+        staged.handles = 1
+        self._staged[path] = staged
+        return staged
+
+    def _copy_into(self, manifest: Manifest, staged: StagedFile, path: str) -> None:
+        offset = 0
+        while offset < manifest.size:
+            data = self.reader.read(manifest, offset, 16 << 20, path=path)
+            os.pwrite(staged.fd, data, offset)
+            offset += len(data)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        path = _join(self.inodes.path(parent_inode), name)
+        normalize_path(path)  # names the problem now, not at commit
+        await self._refresh()
+        if self._is_dir(path):
+            raise _fuse(errno.EISDIR)
+        staged = self._staged.get(path)
+        if staged is None:
+            staged = await self._run(self.staging.create, path, {})
+            staged.handles = 1
+            self._staged[path] = staged
+        else:
+            staged.handles += 1
+            os.ftruncate(staged.fd, 0)
+        staged.metadata["modelfs.mode"] = str(stat.S_IFREG | (mode & 0o7777))
+        staged.dirty = True  # an empty new file is still a new file
+        inode = self.inodes.inode(path)
+        self.inodes.looked_up(inode)
+        fh = self._new_fh(WriteHandle(path, inode, staged))
+        self.counters.opens += 1
+        return pyfuse3.FileInfo(fh=fh), self._attr(inode, path)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        self.counters.reads += 1
+        if isinstance(handle, VirtualHandle):
+            return handle.data[off : off + size]
+        if isinstance(handle, WriteHandle):
+            return os.pread(handle.staged.fd, size, off)
+        assert isinstance(handle, ReadHandle)
+        if off == handle.last_end and off > 0:
+            # Sequential: fetch what comes next while this read is served, over a window
+            # that doubles while reading stays sequential (a lone read fetches nothing extra).
+            handle.readahead = min(MAX_READAHEAD, max(MIN_READAHEAD, handle.readahead * 2))
+            self.reader.prefetch(handle.manifest, off + size, handle.readahead, handle.path)
+        else:
+            handle.readahead = 0
+        try:
+            data = self.reader.read_cached(handle.manifest, off, size)
+            if data is None:
+                data = await self._run(
+                    functools.partial(self.reader.read, handle.manifest, off, size, path=handle.path)
+                )
+        except ModelfsError:
+            self.counters.read_errors += 1
+            raise
+        handle.last_end = off + len(data)
+        return data
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if not isinstance(handle, WriteHandle) or not handle.writable:
+            raise _fuse(errno.EBADF)
+        written = os.pwrite(handle.staged.fd, buf, off)
+        handle.staged.dirty = True
+        self.counters.writes += 1
+        self.counters.bytes_written += written
+        return written
+
+    async def flush(self, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if isinstance(handle, WriteHandle) and handle.writable and handle.staged.dirty:
+            await self._commit(handle.staged)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, WriteHandle):
+            handle.staged.handles -= 1
+            await self._release_staged(handle.staged)
+
+    async def _release_staged(self, staged: StagedFile) -> None:
+        if staged.handles > 0:
+            return
+        if staged.dirty and staged.path:
+            try:  # flush normally committed it; this is the last chance
+                await self._commit(staged)
+            except ModelfsError:
+                return  # kept in staging, journal says closed: the next mount commits it
+        if self._staged.get(staged.path) is staged:
+            del self._staged[staged.path]
+        await self._run(self.staging.discard, staged)
+
+    async def _commit(self, staged: StagedFile) -> None:
+        """Upload a staged file as the next version of its path; EIO (kept staged) on failure."""
+        path = staged.path
+        if not path:
+            return
+        staged.dirty = False
+        try:
+            await self._run(self.staging.mark_closed, staged)
+            metadata = {k: v for k, v in staged.metadata.items() if k != "modelfs.mode"}
+            mode = int(staged.metadata.get("modelfs.mode", 0))
+
+            def put() -> Version:
+                self.store.put(path, staged.data_path, metadata=metadata, mode=mode)
+                return self.store.version(path)
+
+            version = await self._run(put)
+        except BaseException as e:
+            staged.dirty = True
+            self.counters.commit_errors += 1
+            log.error(
+                "committing %s failed; its data stays staged in %s: %s", path, staged.data_path, e
+            )
+            if isinstance(e, ModelfsError):
+                raise ModelfsError(f"committing {path} failed: {e}") from e
+            raise
+        self.counters.commits += 1
+        self.tree.files[path] = version
+        self.tree.add_dir_and_parents(path.rpartition("/")[0])
+        inode = self.inodes.known(path)
+        if inode is not None:
+            self._cached_manifest.pop(inode, None)
+
+    async def _invalidate(self, path: str) -> None:
+        inode = self.inodes.known(path)
+        if inode is None:
+            return
+        self._cached_manifest.pop(inode, None)
+        try:
+            await self._run(pyfuse3.invalidate_inode, inode)
+        except OSError:
+            pass
+
+    # extended attributes: user.* lives in the file's metadata
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        metadata = await self._metadata(self.inodes.path(inode))
+        key = os.fsdecode(name)
+        if not key.startswith(XATTR_PREFIX) or key not in metadata:
+            raise _fuse(pyfuse3.ENOATTR)
+        return metadata[key].encode("utf-8", "surrogateescape")
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        metadata = await self._metadata(self.inodes.path(inode))
+        return [
+            k.encode("utf-8", "surrogateescape") for k in metadata if k.startswith(XATTR_PREFIX)
+        ]
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        key = os.fsdecode(name)
+        if not key.startswith(XATTR_PREFIX):
+            raise _fuse(errno.ENOTSUP)
+        self._check_writable()
+        text = value.decode("utf-8", "surrogateescape")
+        await self._update_metadata(self.inodes.path(inode), lambda m: m.__setitem__(key, text))
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        key = os.fsdecode(name)
+        self._check_writable()
+        metadata = await self._metadata(self.inodes.path(inode))
+        if key not in metadata:
+            raise _fuse(pyfuse3.ENOATTR)
+        await self._update_metadata(self.inodes.path(inode), lambda m: m.pop(key))
+
+    async def _metadata(self, path: str) -> dict[str, str]:
+        staged = self._staged.get(path)
+        if staged is not None:
+            return staged.metadata
+        await self._refresh()
+        version = self.tree.files.get(path)
+        if version is None:
+            if self._exists(path):
+                return {}  # directories carry no metadata
+            raise _fuse(errno.ENOENT)
+        manifest = await self._run(self.store.load_manifest, version.manifest)
+        return dict(manifest.metadata)
+
+    async def _update_metadata(self, path: str, change: Callable[[dict[str, str]], object]) -> None:
+        staged = self._staged.get(path)
+        if staged is not None:
+            change(staged.metadata)
+            staged.dirty = True
+            return
+        if path not in self.tree.files:
+            raise _fuse(errno.ENOTSUP if self._exists(path) else errno.ENOENT)
+        metadata = await self._metadata(path)
+        change(metadata)
+        self.tree.files[path] = await self._run(self.store.set_metadata, path, metadata)
+
+    # lifecycle
+
+    async def commit_leftovers(self) -> None:
+        """Commit files that an earlier mount closed but could not upload."""
+        for staged in self.staging.leftovers():
+            staged.fd = os.open(staged.data_path, os.O_RDWR)
+            try:
+                await self._commit(staged)
+            except ModelfsError as e:
+                log.error("could not commit staged %s; it stays staged: %s", staged.path, e)
+                os.close(staged.fd)
+                continue
+            log.info("committed %s, staged by an earlier mount", staged.path)
+            await self._run(self.staging.discard, staged)

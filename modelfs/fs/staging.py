@@ -1,0 +1,129 @@
+"""Local staging of writes: where a file lives between open-for-write and commit.
+
+Each file being written has a data file and a small JSON journal beside it
+in the staging directory (inside the mount's cache directory). The journal
+names the store path, the state and the metadata to commit:
+
+- "open": being written. After a crash its data is a partial write: the next
+  mount keeps it, moved to recovered/, and logs where, but never commits it.
+- "closed": closed by the application and due to be committed. After a crash
+  or a failed upload the next mount (or `modelfs sync`) commits it.
+
+The journal is written (and fsynced) before the state it describes is
+relied on, so a crash never loses a closed file's data.
+
+Caveats:
+- One mount at a time may use a staging directory; the lock file enforces it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelfsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StagedFile:
+    """A file being written: its local data and what to commit it as."""
+
+    path: str
+    data_path: Path
+    journal_path: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+    state: str = "open"
+    fd: int = -1
+    dirty: bool = False
+    handles: int = 0
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def write_journal(self) -> None:
+        tmp = self.journal_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"path": self.path, "state": self.state, "metadata": self.metadata}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.journal_path)
+
+
+class StagingArea:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.recovered = directory.parent / "recovered"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(directory / "lock", "a")  # noqa: SIM115 - held for the mount's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise ModelfsError(
+                f"the staging directory {directory} is in use by another mount: "
+                "give each mount its own --cache-dir"
+            ) from None
+
+    def close(self) -> None:
+        self._lock_file.close()
+
+    def create(self, path: str, metadata: dict[str, str]) -> StagedFile:
+        name = uuid.uuid4().hex
+        staged = StagedFile(
+            path, self.directory / f"{name}.data", self.directory / f"{name}.json", dict(metadata)
+        )
+        staged.fd = os.open(staged.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        staged.write_journal()
+        return staged
+
+    def mark_closed(self, staged: StagedFile) -> None:
+        """Make the data durable and record that it is complete and due to be committed."""
+        os.fsync(staged.fd)
+        staged.state = "closed"
+        staged.write_journal()
+
+    def discard(self, staged: StagedFile) -> None:
+        if staged.fd >= 0:
+            os.close(staged.fd)
+            staged.fd = -1
+        staged.data_path.unlink(missing_ok=True)
+        staged.journal_path.unlink(missing_ok=True)
+
+    def leftovers(self) -> Iterator[StagedFile]:
+        """Files staged by an earlier mount that never finished: closed ones to commit.
+
+        Partial writes (state "open") are moved to recovered/ and logged, not returned.
+        """
+        for journal in sorted(self.directory.glob("*.json")):
+            data = journal.with_suffix(".data")
+            try:
+                doc = json.loads(journal.read_text())
+                path, state, metadata = doc["path"], doc["state"], dict(doc.get("metadata", {}))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("ignoring unreadable staging journal %s: %s", journal, e)
+                continue
+            if not data.exists():
+                journal.unlink(missing_ok=True)
+                continue
+            if state == "closed":
+                yield StagedFile(path, data, journal, metadata, "closed")
+                continue
+            self.recovered.mkdir(exist_ok=True)
+            target = self.recovered / (journal.stem + "-" + path.replace("/", "_"))
+            shutil.move(str(data), target)
+            journal.unlink(missing_ok=True)
+            log.warning(
+                "%s was being written when the last mount stopped; its partial data is kept "
+                "in %s and was not committed",
+                path, target,
+            )  # fmt: skip

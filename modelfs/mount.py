@@ -1,0 +1,211 @@
+"""Mount wiring: checks, the pyfuse3 session, signals, and the background daemon.
+
+`modelfs mount` without --foreground starts itself again with --foreground in
+a new session and returns once that child reports the mount ready (or prints
+the child's error and fails). The daemon writes its pid where `modelfs
+umount` finds it, so umount can wait until it has finished and exited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .client import Client, open_store
+from .errors import ModelfsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountOptions:
+    store: str
+    mountpoint: str
+    cache_dir: str | None = None
+    cache_size: int = 10 << 30
+    read_only: bool = False
+    allow_other: bool = False
+    refresh_interval: float = 5.0
+    fuse_options: list[str] = field(default_factory=list)
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
+    d = Path(base) / f"modelfs-{os.getuid()}"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d
+
+
+def pid_file(mountpoint: str) -> Path:
+    key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return runtime_dir() / f"{key}.pid"
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise ModelfsError(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse"
+        )
+    if not os.path.isdir(mountpoint):
+        raise ModelfsError(f"mountpoint {mountpoint} does not exist or is not a directory")
+    try:
+        if os.path.ismount(mountpoint):
+            raise ModelfsError(
+                f"mountpoint {mountpoint} is busy: something is already mounted there"
+            )
+    except OSError as e:  # a dead FUSE mount: "Transport endpoint is not connected"
+        raise ModelfsError(
+            f"mountpoint {mountpoint} is a dead mount ({e.strerror}): run `modelfs umount {mountpoint}` first"
+        ) from None
+
+
+def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
+    """Mount and serve until unmounted or signalled. Reports readiness or the error on ready_fd."""
+    import pyfuse3
+
+    from .fs.operations import Operations
+    from .fs.staging import StagingArea
+
+    def report(message: str) -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, message.encode() + b"\n")
+
+    client: Client | None = None
+    staging: StagingArea | None = None
+    mounted = False
+    try:
+        check_mountpoint(opts.mountpoint)
+        client = open_store(opts.store, cache_dir=opts.cache_dir, cache_size=opts.cache_size)
+        assert client.reader.disk_cache is not None
+        staging = StagingArea(client.reader.disk_cache.directory / "staging")
+        ops = Operations(
+            client.store, client.reader, staging,
+            read_only=opts.read_only, refresh_interval=opts.refresh_interval,
+        )  # fmt: skip
+        trio.run(ops.commit_leftovers)
+        fuse_options = set(pyfuse3.default_options) | {"fsname=modelfs", "subtype=modelfs"}
+        if opts.allow_other:
+            fuse_options.add("allow_other")
+        if opts.read_only:
+            fuse_options.add("ro")
+        for option in opts.fuse_options:
+            fuse_options.update(o for o in option.split(",") if o)
+        # Before init: once mounted, touching the mountpoint from this thread would
+        # wait on requests that only the not yet running main loop can answer.
+        pidf = pid_file(opts.mountpoint)
+        try:
+            pyfuse3.init(ops, opts.mountpoint, fuse_options)
+        except RuntimeError as e:
+            raise ModelfsError(f"cannot mount {opts.mountpoint}: {e}") from None
+        mounted = True
+        pidf.write_text(str(os.getpid()))
+        log.info("mounted %s at %s", opts.store, opts.mountpoint)
+        report("ready")
+        if ready_fd is not None:
+            os.close(ready_fd)
+            ready_fd = None
+        trio.run(_serve)
+    except ModelfsError as e:
+        report(f"error: {e}")
+        raise
+    finally:
+        if mounted:
+            pyfuse3.close(unmount=True)
+            pidf.unlink(missing_ok=True)
+            log.info("unmounted %s", opts.mountpoint)
+        if staging is not None:
+            staging.close()
+        if client is not None:
+            client.close()
+
+
+async def _serve() -> None:
+    import pyfuse3
+
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal %d: unmounting", signum)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> None:
+    """Run `modelfs mount ... --foreground` as a daemon; return when it is mounted."""
+    read_fd, write_fd = os.pipe()
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelfs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+            start_new_session=True,
+        )  # fmt: skip
+    os.close(write_fd)
+    message = b""
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_fd, "rb") as r:
+        while time.monotonic() < deadline:
+            chunk = r.readline()
+            message += chunk
+            if not chunk or chunk.endswith(b"\n"):
+                break
+    text = message.decode(errors="replace").strip()
+    if text == "ready":
+        return
+    if proc.poll() is None and not text:
+        proc.terminate()
+        raise ModelfsError(f"the mount did not become ready in {timeout:.0f} s; see {log_file}")
+    proc.wait(timeout=30)
+    raise ModelfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_file}")
+
+
+def _is_modelfs_process(pid: int) -> bool:
+    """Whether pid is still a running modelfs (the pid of a crashed daemon may be reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return b"modelfs" in cmdline and state != "Z"
+
+
+def unmount(mountpoint: str, timeout: float = 60.0) -> None:
+    """Unmount (also a dead mount) and wait for the daemon to finish and exit."""
+    pidf = pid_file(mountpoint)
+    pid = int(pidf.read_text()) if pidf.exists() else None
+    proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if proc.returncode != 0:
+        err = proc.stderr.strip()
+        if "busy" in err.lower():
+            raise ModelfsError(
+                f"{mountpoint} is busy: close the files open in it, then unmount again"
+            )
+        if "not found" in err or "not mounted" in err.lower() or "entry for" in err:
+            raise ModelfsError(f"{mountpoint} is not a modelfs mount")
+        raise ModelfsError(f"cannot unmount {mountpoint}: {err}")
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_modelfs_process(pid):
+            pidf.unlink(missing_ok=True)
+            return
+        time.sleep(0.05)
+    raise ModelfsError(
+        f"the daemon (pid {pid}) of {mountpoint} has not exited after {timeout:.0f} s"
+    )
