@@ -160,6 +160,38 @@ class CLI:
 
 
 @pytest.fixture
+def mount_store(tmp_path: Path) -> Iterator:
+    """mount_store(url, *extra_args) mounts a store for real; every mount is gone after the test.
+
+    The test fails if a daemon logged an unexpected ERROR or traceback (pass
+    allow_errors=True to the call where the test provokes errors on purpose).
+    """
+    from mounting import start_mount
+
+    mounts = []
+    tolerant: set[int] = set()
+
+    def start(url: str, *args: str, name: str | None = None, allow_errors: bool = False):
+        label = name or f"mnt{len(mounts)}"
+        m = start_mount(url, tmp_path / label, tmp_path / f"{label}-cache", *args)
+        mounts.append(m)
+        if allow_errors:
+            tolerant.add(len(mounts) - 1)
+        return m
+
+    yield start
+    problems = []
+    for i, m in enumerate(mounts):
+        proc = m.unmount()
+        if proc.returncode != 0 and "not a modelfs mount" not in proc.stderr:
+            problems.append(f"unmounting {m.path}: {proc.stderr.strip()}")
+        m.force_cleanup()
+        if i not in tolerant and ("Traceback" in m.log or " ERROR " in m.log):
+            problems.append(f"{m.path}'s daemon logged errors:\n{m.log[-3000:]}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
 def cli(tmp_path: Path) -> CLI:
     return CLI(tmp_path / "xdg-cache")
 
