@@ -13,6 +13,9 @@ so a slow or noisy machine moves both; each timed measurement is repeated
    of perturbed copies of MiniLM's tensors: put against copy+fsync, and
    reads through client.open in 16 MiB chunks (cold: fresh cache and page
    cache dropped; warm: from the disk cache) against plain reads of the file.
+4. The same file read through a real FUSE mount (cold, from the disk cache
+   with a new daemon, and again from the kernel page cache), the daemon's
+   peak RSS, and the bytes a cold safe_open + get_tensor of one tensor fetches.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
 
@@ -456,6 +459,116 @@ def throughput(
     }
 
 
+def _mount(store: Path, mountpoint: Path, cache_dir: Path) -> None:
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "modelfs", "mount", str(store), str(mountpoint),
+         "--cache-dir", str(cache_dir)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _umount(mountpoint: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "modelfs", "umount", str(mountpoint)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _daemon_pid(mountpoint: Path) -> int:
+    from modelfs.mount import pid_file
+
+    return int(pid_file(str(mountpoint)).read_text())
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def mount_reads(
+    work: Path, big: Path, repeats: int, cache: PageCache, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Sequential reads of the big file through a real mount, and one tensor with safe_open."""
+    from safetensors import safe_open
+
+    size = big.stat().st_size
+    store = work / "store-mount"
+    with modelfs.open_store(store, create=True, use_disk_cache=False) as client:
+        client.put("big.safetensors", big)
+    mnt = work / "mnt"
+    runs: dict[str, tuple[list[float], list[float]]] = {
+        k: ([], []) for k in ("plain_read_cold", "mount_read_cold", "mount_read_disk_cache",
+                              "mount_read_page_cache")
+    }  # fmt: skip
+    peak_rss = 0
+
+    def record(key: str, fn: Callable[[], object]) -> None:
+        wall, cpu = timed(fn)  # cpu: this process only; the daemon's CPU is not counted
+        runs[key][0].append(wall)
+        runs[key][1].append(cpu)
+        log(f"  {key:<22} {size / MB:8.1f} MB in {wall:.2f} s: {size / MB / wall:8.1f} MB/s")
+
+    for r in range(repeats):
+        log(f"mount repeat {r + 1}/{repeats}")
+        disk_cache = work / f"mount-cache-{r}"
+        cache.drop(big)
+        record("plain_read_cold", lambda: read_plain(big))
+        _mount(store, mnt, disk_cache)
+        try:
+            cache.drop(store, big)
+            record("mount_read_cold", lambda: read_plain(mnt / "big.safetensors"))
+            record("mount_read_page_cache", lambda: read_plain(mnt / "big.safetensors"))
+            peak_rss = max(peak_rss, _peak_rss(_daemon_pid(mnt)))
+        finally:
+            _umount(mnt)
+        _mount(store, mnt, disk_cache)  # a new daemon: its memory cache is empty
+        try:
+            cache.drop(store, disk_cache)
+            record("mount_read_disk_cache", lambda: read_plain(mnt / "big.safetensors"))
+            peak_rss = max(peak_rss, _peak_rss(_daemon_pid(mnt)))
+        finally:
+            _umount(mnt)
+        shutil.rmtree(disk_cache)
+
+    # One tensor deep in the file, cold: what does safe_open fetch?
+    disk_cache = work / "mount-cache-tensor"
+    _mount(store, mnt, disk_cache)
+    try:
+        cache.drop(store)
+        with safe_open(str(mnt / "big.safetensors"), "np") as f:
+            names = list(f.keys())
+            # The largest tensor in the last quarter of the file: deep in it, and not trivially small.
+            deep = names[len(names) * 3 // 4 :]
+            name = max(deep, key=lambda n: int(np.prod(f.get_slice(n).get_shape())))
+            tensor = f.get_tensor(name)
+        with open(mnt / ".modelfs" / "stats") as sf:
+            stats = json.load(sf)
+    finally:
+        _umount(mnt)
+    shutil.rmtree(disk_cache)
+    shutil.rmtree(store)
+
+    t = {k: Timing(size, wall, cpu) for k, (wall, cpu) in runs.items()}
+    return {
+        "bytes": size,
+        "timings": {k: v.to_json() for k, v in t.items()},
+        "ratios": {
+            "cold_vs_plain_cold": t["mount_read_cold"].mb_s / t["plain_read_cold"].mb_s,
+            "disk_cache_vs_plain_cold": t["mount_read_disk_cache"].mb_s / t["plain_read_cold"].mb_s,
+        },
+        "daemon_peak_rss_bytes": peak_rss,
+        "safe_open": {
+            "tensor": name,
+            "tensor_bytes": int(tensor.nbytes),
+            "bytes_fetched": stats["bytes_fetched"],
+            "fraction_of_file": stats["bytes_fetched"] / size,
+        },
+    }
+
+
 # machine and report
 
 
@@ -585,6 +698,36 @@ def report(res: dict[str, Any]) -> str:
         f" peak RSS {res['peak_rss_bytes'] / MB:.0f} MB ({res['peak_rss_before_throughput_bytes'] / MB:.0f} MB"
         " before the throughput section)",
     ]
+    if "mount" in res:
+        mt = res["mount"]
+        lines += [
+            "",
+            f"Reads through a mount (the same file; sequential reads in {CHUNK >> 20} MiB chunks by a"
+            " separate process)",
+            f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'ratio':>8}",
+        ]
+        for key, label, ratio in (
+            ("plain_read_cold", "plain read of the local file, cold", None),
+            ("mount_read_cold", "mount, cold (empty cache)", "cold_vs_plain_cold"),
+            (
+                "mount_read_disk_cache",
+                "mount, warm (disk cache, new daemon)",
+                "disk_cache_vs_plain_cold",
+            ),
+            ("mount_read_page_cache", "mount, re-read (kernel page cache)", None),
+        ):
+            x = mt["timings"][key]
+            spread = f"{x['min_mb_per_s']:.1f}-{x['max_mb_per_s']:.1f}"
+            lines.append(
+                f"  {label:<40}{x['median_mb_per_s']:>9.1f}{spread:>18}{x['median_seconds']:>8.2f}"
+                + (f"{mt['ratios'][ratio]:>8.3f}" if ratio else f"{'':>8}")
+            )
+        so = mt["safe_open"]
+        lines += [
+            f"  daemon peak RSS {mt['daemon_peak_rss_bytes'] / MB:.0f} MB",
+            f"  safe_open + get_tensor({so['tensor']!r}, {so['tensor_bytes'] / MB:.2f} MB), cold: "
+            f"{so['bytes_fetched'] / MB:.2f} MB fetched, {so['fraction_of_file']:.2%} of the file",
+        ]
     return "\n".join(lines)
 
 
@@ -600,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-drop-caches", action="store_true",
                    help="never drop the whole page cache (use posix_fadvise per file)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--no-mount", action="store_true", help="skip the reads through a FUSE mount")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -639,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         res["throughput"] = {"file": file_info, **throughput(work, big, args.repeats, cache, log)}
         res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if not args.no_mount:
+            log("reads through a mount")
+            res["mount"] = mount_reads(work, big, args.repeats, cache, log)
         res["loadavg_end"] = os.getloadavg()
         res["seconds"] = time.time() - started
     finally:
