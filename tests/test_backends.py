@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.backends import Backend, BlobInfo, ByteRange, LocalBackend, open_backend
+from modelfs.backends import Backend, ByteRange, LocalBackend, open_backend
 from modelfs.errors import (
     AlreadyExistsError,
     BackendError,
@@ -72,8 +72,18 @@ def test_etag_changes_when_the_content_does(backend: Backend) -> None:
 def test_head_reports_the_size(backend: Backend) -> None:
     backend.put("index/x", BLOB)
     backend.put("empty", b"")
-    assert backend.head("index/x") == BlobInfo("index/x", len(BLOB))
-    assert backend.head("empty") == BlobInfo("empty", 0)
+    assert (backend.head("index/x").key, backend.head("index/x").size) == ("index/x", len(BLOB))
+    assert backend.head("empty").size == 0
+
+
+def test_change_token_changes_when_a_blob_is_replaced(backend: Backend) -> None:
+    backend.put("refs/a~", b"one")
+    first = backend.head("refs/a~").token
+    assert first and backend.head("refs/a~").token == first  # stable while unchanged
+    backend.put("refs/a~", b"two")
+    assert backend.head("refs/a~").token != first
+    listed = {i.key: i for i in backend.list_info("refs/")}
+    assert listed["refs/a~"] == backend.head("refs/a~")
 
 
 def test_put_accepts_bytearray_and_memoryview(backend: Backend) -> None:

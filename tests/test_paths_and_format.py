@@ -170,7 +170,7 @@ def test_ref_key_rejects_what_normalize_path_rejects() -> None:
 
 @pytest.mark.parametrize("key", ["refs/a", "packs/ab/cd~", "a~", "refs"])
 def test_path_from_ref_key_rejects_keys_that_are_not_ref_keys(key: str) -> None:
-    with pytest.raises(InvalidPathError, match="not a ref key"):
+    with pytest.raises(InvalidPathError, match="not a file's ref key"):
         path_from_ref_key(key)
 
 
