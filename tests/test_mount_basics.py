@@ -10,7 +10,9 @@ from conftest import sha256
 import modelfs
 
 
-def test_cp_in_and_read_back_byte_exact(store_url: str, mount_store, minilm_path: Path, tmp_path: Path) -> None:
+def test_cp_in_and_read_back_byte_exact(
+    store_url: str, mount_store, minilm_path: Path, tmp_path: Path
+) -> None:
     m = mount_store(store_url)
     shutil.copyfile(minilm_path, m.path / "model.safetensors")
     assert (m.path / "model.safetensors").stat().st_size == minilm_path.stat().st_size

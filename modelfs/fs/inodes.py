@@ -46,16 +46,19 @@ class InodeTable:
     def looked_up(self, inode: int) -> None:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
 
-    def forget(self, inode: int, count: int) -> None:
+    def forget(self, inode: int, count: int) -> bool:
+        """Count down the kernel's lookups; True when the inode is gone for good."""
         left = self._lookups.get(inode, 0) - count
         if left > 0:
             self._lookups[inode] = left
-            return
+            return False
         self._lookups.pop(inode, None)
         if inode != pyfuse3.ROOT_INODE and inode in self._path:
             path = self._path.pop(inode)
             if self._inode.get(path) == inode:
                 del self._inode[path]
+            return True
+        return False
 
     def move(self, old: str, new: str) -> None:
         """Paths under old now live under new (rename); inode numbers follow their files."""

@@ -2,7 +2,11 @@
 
 Reads go through the BlockReader (memory cache, disk cache, verified fetches);
 a file opened for reading is pinned to the version current at open, so it
-never changes under its reader. Writes go to a local staging file; flush (on
+never changes under its reader. The kernel keeps one size per inode for all
+its open files, so an inode number stands for one content of its path: when
+the content changes while readers hold the old one, the path gets a new inode
+(and an open through a stale dentry fails with ESTALE, which makes the kernel
+look the path up again). Writes go to a local staging file; flush (on
 every close) and fsync commit a dirty file as a new version, so close()
 reports a failed upload. Rename is metadata only. The namespace comes from
 a scan of the store's refs, refreshed at most every refresh_interval seconds;
@@ -13,7 +17,8 @@ CapacityLimiter; trio's event loop only moves requests.
 
 Caveats:
 - mtime is the commit time of the current version; utimens is accepted but not kept.
-- Owners are the mounting user; chown is refused with EPERM.
+- Owners are the mounting user; chown to anyone else is refused with EPERM.
+- chmod of a directory is accepted but not kept (directories are always 0755).
 - Renaming a directory renames each file in it, one compare-and-swap each.
 """
 
@@ -37,7 +42,7 @@ from ..errors import ModelfsError, NotFoundError, ReadOnlyError
 from ..reader import BlockReader
 from ..store import Manifest, Store
 from ..store.namespace import Tree
-from ..store.paths import normalize_path
+from ..store.paths import ref_key
 from ..store.refs import Version
 from .errors import fuse_error_boundary
 from .inodes import InodeTable
@@ -61,6 +66,10 @@ def _fuse(err: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(err)
 
 
+def _content(v: Version) -> tuple[str, int]:
+    return (v.content_hash, v.size)
+
+
 def _join(parent: str, name: bytes) -> str:
     text = os.fsdecode(name)
     if "/" in text or text in (".", ".."):
@@ -68,7 +77,7 @@ def _join(parent: str, name: bytes) -> str:
     return f"{parent}/{text}" if parent else text
 
 
-@dataclass
+@dataclass(eq=False)  # a handle is itself, not its fields: two opens are two readers
 class ReadHandle:
     path: str
     inode: int
@@ -135,8 +144,11 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._staged: dict[str, StagedFile] = {}  # store path -> file being written
         self._cached_manifest: dict[int, str] = {}  # inode -> manifest its page cache holds
+        self._described: dict[int, tuple[str, int]] = {}  # inode -> content the kernel was told
+        self._readers: dict[int, list[ReadHandle]] = {}  # inode -> its open read handles
         self._limiter = trio.CapacityLimiter(threads)
         self._refresh_lock = trio.Lock()
+        self._changes = 0  # bumped whenever this mount updates the tree from the store
         self.counters = Counters()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
@@ -152,7 +164,19 @@ class Operations(pyfuse3.Operations):
         async with self._refresh_lock:
             if not force and time.monotonic() - self._tree_time < self.refresh_interval:
                 return
-            self.tree = await self._run(self.store.scan)
+            # A scan that began before one of this mount's own changes may predate it, and
+            # installing it would undo the change (a file just written vanishes, an unlinked
+            # one comes back) until the next refresh: scan again. Each change is in the
+            # store before it is counted, so a scan that began after it sees it.
+            for _ in range(3):
+                changes = self._changes
+                tree = await self._run(self.store.scan)
+                if changes == self._changes:
+                    self.tree = tree
+                    self._tree_time = time.monotonic()
+                    return
+            # Still changing: keep the tree that has the changes (it lags only in what
+            # other mounts did) rather than scan on every request.
             self._tree_time = time.monotonic()
 
     def _new_fh(self, handle: ReadHandle | WriteHandle | VirtualHandle | DirHandle) -> int:
@@ -199,6 +223,7 @@ class Operations(pyfuse3.Operations):
             a.attr_timeout = 0
         elif path in self.tree.files:
             v = self.tree.files[path]
+            self._described[inode] = _content(v)
             a.st_mode = v.mode or DEFAULT_FILE_MODE
             a.st_size = v.size
             a.st_nlink = 1
@@ -227,6 +252,46 @@ class Operations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = int(handle.version.time * 1e9)
         a.attr_timeout = a.entry_timeout = self.refresh_interval
         return a
+
+    def _pinned_reader(self, inode: int, path: str) -> ReadHandle | None:
+        """An open reader of inode whose content is no longer path's (replaced, changed, unlinked)."""
+        readers = self._readers.get(inode)
+        if not readers:
+            return None
+        if self.inodes.known(path) != inode:
+            return readers[0]
+        if path in self._staged:
+            return None  # being rewritten in place through this very inode
+        current = self.tree.files.get(path)
+        for h in readers:
+            if current is None or _content(h.version) != _content(current):
+                return h
+        return None
+
+    def _inode_for(self, path: str) -> int:
+        """path's inode for lookups: a new one if readers of the old one hold other content."""
+        inode = self.inodes.inode(path)
+        if self._pinned_reader(inode, path) is not None:
+            self.inodes.detach(path)
+            inode = self.inodes.inode(path)
+        return inode
+
+    def _check_fresh(self, inode: int, path: str, version: Version) -> None:
+        """ESTALE if the kernel's inode describes other content than version (a stale dentry).
+
+        Its size would cut reads short (or let them run past the end), and
+        readers of the old content may share it; the kernel retries the open
+        after a fresh lookup, which gives the path a new inode.
+        """
+        described = self._described.get(inode)
+        if (
+            self.inodes.known(path) != inode
+            or (described is not None and described != _content(version))
+            or any(_content(h.version) != _content(version) for h in self._readers.get(inode, ()))
+        ):
+            if self.inodes.known(path) == inode:
+                self.inodes.detach(path)
+            raise _fuse(errno.ESTALE)
 
     def _stats_bytes(self) -> bytes:
         r = self.reader.stats
@@ -263,25 +328,46 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = _join(self.inodes.path(parent_inode), name)
         await self._refresh()
-        if not self._exists(path):
+        if not self._exists(path) and not await self._found_in_store(path):
             raise _fuse(errno.ENOENT)
-        inode = self.inodes.inode(path)
+        inode = self._inode_for(path)
         attr = self._attr(inode, path)
         self.inodes.looked_up(inode)
         return attr
 
+    async def _found_in_store(self, path: str) -> bool:
+        """Whether path, unknown to the last refresh, is in the store now (then added to the tree).
+
+        Close-to-open holds for names too: a file another mount has just closed (or
+        a directory it made) opens at once, not after the next refresh. A name that
+        is in neither costs one ref read and one listing per lookup.
+        """
+        if path.split("/")[0] == CONTROL_DIR:
+            return False
+        if await self._current_version(path) is not None:
+            self.tree.add_dir_and_parents(path.rpartition("/")[0])
+            return True
+        if await self._run(self.store.is_dir, path):
+            self.tree.add_dir_and_parents(path)
+            self._changes += 1
+            return True
+        return False
+
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
-            self.inodes.forget(inode, count)
+            if self.inodes.forget(inode, count):
+                self._described.pop(inode, None)
+                self._cached_manifest.pop(inode, None)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         path = self.inodes.path(inode)
         if path not in self._staged:
             await self._refresh()
-        if not self._exists(path):
-            for h in self._handles.values():  # open but unlinked or replaced
-                if isinstance(h, ReadHandle) and h.inode == inode:
-                    return self._handle_attr(inode, h)
+        pinned = self._pinned_reader(inode, path)  # open but unlinked, replaced or changed
+        if pinned is not None:
+            if self.inodes.known(path) == inode:
+                self.inodes.detach(path)  # the path's next lookup gets a new inode
+            return self._handle_attr(inode, pinned)
         return self._attr(inode, path)
 
     async def setattr(
@@ -289,13 +375,20 @@ class Operations(pyfuse3.Operations):
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:  # fmt: skip
         path = self.inodes.path(inode)
-        if fields.update_uid or fields.update_gid:
+        # Files belong to the mounting user; a chown to that owner changes nothing and
+        # must succeed, or `cp -a`, `rsync -a` and `tar x` fail on every file.
+        if (fields.update_uid and attr.st_uid != self.uid) or (
+            fields.update_gid and attr.st_gid != self.gid
+        ):
             raise _fuse(errno.EPERM)
         if fields.update_size:
             self._check_writable()
             staged = self._staged.get(path)
             if staged is None:
-                staged = await self._stage(path, inode, truncate=attr.st_size == 0)
+                staged = await self._stage(
+                    path, inode, truncate=attr.st_size == 0,
+                    version=await self._current_version(path),
+                )  # fmt: skip
                 staged.handles -= 1  # no handle holds it: commit now
                 os.ftruncate(staged.fd, attr.st_size)
                 staged.dirty = True
@@ -313,6 +406,7 @@ class Operations(pyfuse3.Operations):
             elif path in self.tree.files:
                 version = await self._run(self.store.chmod, path, mode)
                 self.tree.files[path] = version
+                self._changes += 1
             elif not self._is_dir(path):
                 raise _fuse(errno.ENOENT)
         return await self.getattr(inode, ctx)
@@ -357,7 +451,7 @@ class Operations(pyfuse3.Operations):
         for i in range(start_id, len(handle.entries)):
             name, path = handle.entries[i]
             try:
-                inode = self.inodes.inode(path)
+                inode = self._inode_for(path)
                 attr = self._attr(inode, path)
             except pyfuse3.FUSEError:
                 continue  # removed since opendir
@@ -379,6 +473,7 @@ class Operations(pyfuse3.Operations):
         await self._run(self.store.mkdir, path)
         self.tree.add_dir_and_parents(path)
         self.tree.explicit_dirs.add(path)
+        self._changes += 1
         inode = self.inodes.inode(path)
         self.inodes.looked_up(inode)
         return self._attr(inode, path)
@@ -397,6 +492,7 @@ class Operations(pyfuse3.Operations):
         await self._run(self.store.rmdir, path)
         self.tree.dirs.discard(path)
         self.tree.explicit_dirs.discard(path)
+        self._changes += 1
         self.inodes.detach(path)
 
     # files: namespace
@@ -420,6 +516,7 @@ class Operations(pyfuse3.Operations):
         await self._run(delete)
         self.tree.files.pop(path, None)
         self.tree.add_dir_and_parents(parent)
+        self._changes += 1
         if staged is not None:  # written but not yet committed: it will never be
             staged.path = ""
             self._staged.pop(path, None)
@@ -453,22 +550,26 @@ class Operations(pyfuse3.Operations):
         self.inodes.move(old, new)
 
     async def _rename_file(self, old: str, new: str) -> None:
-        staged = self._staged.pop(old, None)
+        staged = self._staged.get(old)
         if staged is not None:
             if new in self._staged:
                 raise _fuse(errno.EBUSY)  # both being written: refuse rather than guess
+            ref_key(new)  # a name the store refuses fails the rename, not the commit later
             # Not committed yet: it will be committed under its new name.
+            del self._staged[old]
             staged.path = new
             staged.write_journal()
             self._staged[new] = staged
             if old in self.tree.files:
                 await self._run(self._delete_keeping_parent, old)
                 self.tree.files.pop(old, None)
+                self._changes += 1
             return
         version = await self._run(self._rename_keeping_parent, old, new)
         self.tree.files.pop(old, None)
         self.tree.files[new] = version
         self.tree.add_dir_and_parents(new.rpartition("/")[0])
+        self._changes += 1
         await self._invalidate(new)
 
     def _delete_keeping_parent(self, path: str) -> None:
@@ -504,6 +605,7 @@ class Operations(pyfuse3.Operations):
                 self.store.rmdir(d)
 
         await self._run(move)
+        self._changes += 1
         await self._refresh(force=True)
 
     async def symlink(
@@ -516,6 +618,7 @@ class Operations(pyfuse3.Operations):
             raise _fuse(errno.EEXIST)
         await self._run(lambda: self.store.put(path, bytes(target), mode=stat.S_IFLNK | 0o777))
         self.tree.files[path] = await self._run(self.store.version, path)
+        self._changes += 1
         inode = self.inodes.inode(path)
         self.inodes.looked_up(inode)
         return self._attr(inode, path)
@@ -556,7 +659,10 @@ class Operations(pyfuse3.Operations):
             truncate = bool(flags & os.O_TRUNC)
             staged = self._staged.get(path)
             if staged is None:
-                staged = await self._stage(path, inode, truncate=truncate)
+                version = await self._current_version(path)
+                if version is not None:
+                    self._check_fresh(inode, path, version)
+                staged = await self._stage(path, inode, truncate=truncate, version=version)
             else:
                 staged.handles += 1
                 if truncate:
@@ -572,33 +678,42 @@ class Operations(pyfuse3.Operations):
                 fh=self._new_fh(WriteHandle(path, inode, staged, writable=False))
             )
         # Close-to-open: read the path's ref afresh, whatever the refresh interval.
-        try:
-            version = await self._run(self.store.version, path)
-        except NotFoundError:
-            self.tree.files.pop(path, None)
-            raise _fuse(errno.ENOENT) from None
-        self.tree.files[path] = version
+        version = await self._current_version(path)
+        if version is None:
+            raise _fuse(errno.ENOENT)
+        self._check_fresh(inode, path, version)
         assert version.manifest is not None
         manifest = await self._run(self.store.load_manifest, version.manifest)
         # The kernel may keep pages cached from an earlier open only if they are of this version.
         keep = self._cached_manifest.get(inode) == version.manifest
         self._cached_manifest[inode] = version.manifest
-        return pyfuse3.FileInfo(
-            fh=self._new_fh(ReadHandle(path, inode, version, manifest)), keep_cache=keep
-        )
+        self._described[inode] = _content(version)
+        handle = ReadHandle(path, inode, version, manifest)
+        self._readers.setdefault(inode, []).append(handle)
+        return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
 
-    async def _stage(self, path: str, inode: int, *, truncate: bool) -> StagedFile:
-        """A staging file for path holding its current content (none if truncate), one handle."""
+    async def _current_version(self, path: str) -> Version | None:
+        """path's current version, read afresh from the store (None if there is none)."""
+        try:
+            version = await self._run(self.store.version, path)
+        except NotFoundError:
+            if self.tree.files.pop(path, None) is not None:
+                self._changes += 1
+            return None
+        if self.tree.files.get(path) != version:
+            self.tree.files[path] = version
+            self._changes += 1
+        return version
+
+    async def _stage(
+        self, path: str, inode: int, *, truncate: bool, version: Version | None
+    ) -> StagedFile:
+        """A staging file for path holding version's content (none if truncate), one handle."""
         await self._refresh()
         if self._is_dir(path):
             raise _fuse(errno.EISDIR)
         metadata: dict[str, str] = {}
         manifest: Manifest | None = None
-        version: Version | None = None
-        try:
-            version = await self._run(self.store.version, path)
-        except NotFoundError:
-            pass
         if version is not None:
             assert version.manifest is not None
             manifest = await self._run(self.store.load_manifest, version.manifest)
@@ -624,7 +739,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable()
         path = _join(self.inodes.path(parent_inode), name)
-        normalize_path(path)  # names the problem now, not at commit
+        ref_key(path)  # a name the store refuses (too long once escaped) fails now, not at commit
         await self._refresh()
         if self._is_dir(path):
             raise _fuse(errno.EISDIR)
@@ -663,7 +778,9 @@ class Operations(pyfuse3.Operations):
             data = self.reader.read_cached(handle.manifest, off, size)
             if data is None:
                 data = await self._run(
-                    functools.partial(self.reader.read, handle.manifest, off, size, path=handle.path)
+                    functools.partial(
+                        self.reader.read, handle.manifest, off, size, path=handle.path
+                    )
                 )
         except ModelfsError:
             self.counters.read_errors += 1
@@ -691,6 +808,11 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        if isinstance(handle, ReadHandle):
+            readers = self._readers.get(handle.inode, [])
+            readers.remove(handle)
+            if not readers:
+                self._readers.pop(handle.inode, None)
         if isinstance(handle, WriteHandle):
             handle.staged.handles -= 1
             await self._release_staged(handle.staged)
@@ -735,9 +857,11 @@ class Operations(pyfuse3.Operations):
         self.counters.commits += 1
         self.tree.files[path] = version
         self.tree.add_dir_and_parents(path.rpartition("/")[0])
+        self._changes += 1
         inode = self.inodes.known(path)
         if inode is not None:
             self._cached_manifest.pop(inode, None)
+            self._described[inode] = _content(version)  # its writer's writes told the kernel
 
     async def _invalidate(self, path: str) -> None:
         inode = self.inodes.known(path)
@@ -806,6 +930,7 @@ class Operations(pyfuse3.Operations):
         metadata = await self._metadata(path)
         change(metadata)
         self.tree.files[path] = await self._run(self.store.set_metadata, path, metadata)
+        self._changes += 1
 
     # lifecycle
 
