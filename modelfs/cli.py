@@ -302,6 +302,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .mount import sync_staged
+
+    committed, failed = sync_staged(args.store, args.cache_dir)
+    for path in committed:
+        print(f"committed {path}")
+    for path in failed:
+        print(f"still staged (commit failed): {path}", file=sys.stderr)
+    if not committed and not failed:
+        print("nothing staged")
+    return 1 if failed else 0
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     from .mount import unmount
 
@@ -421,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--log-file", help="the daemon's log (default CACHE_DIR/mount.log)")
     sp.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    add("sync", cmd_sync, "commit files a stopped mount left staged in its cache directory")
 
     sp = sub.add_parser("umount", help="unmount, waiting for the daemon to finish")
     sp.add_argument("mountpoint")

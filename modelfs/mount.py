@@ -175,6 +175,34 @@ def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> N
     raise ModelfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_file}")
 
 
+def sync_staged(store: str, cache_dir: str | None) -> tuple[list[str], list[str]]:
+    """Commit what a stopped mount left staged in cache_dir: (committed paths, failed ones).
+
+    Files closed but not uploaded are committed; partial writes are moved to
+    recovered/ (see fs/staging.py). Refused while a mount uses that cache directory.
+    """
+    from .fs.staging import StagingArea
+
+    committed: list[str] = []
+    failed: list[str] = []
+    with open_store(store, cache_dir=cache_dir) as client:
+        assert client.reader.disk_cache is not None
+        staging = StagingArea(client.reader.disk_cache.directory / "staging")
+        try:
+            for staged in staging.leftovers():
+                try:
+                    staged.commit_to(client.store)
+                except ModelfsError as e:
+                    log.error("could not commit staged %s; it stays staged: %s", staged.path, e)
+                    failed.append(staged.path)
+                    continue
+                staging.discard(staged)
+                committed.append(staged.path)
+        finally:
+            staging.close()
+    return committed, failed
+
+
 def _is_modelfs_process(pid: int) -> bool:
     """Whether pid is still a running modelfs (the pid of a crashed daemon may be reused)."""
     try:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -400,21 +401,19 @@ def test_kill_9_during_a_write_keeps_the_old_version_and_recovers_the_partial_da
     assert (m2.path / "model.bin").read_bytes() == old
 
 
-@needs_root
-def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
-    store_url: str, mount_store, tmp_path: Path
-) -> None:
-    rng = np.random.default_rng(10)
-    old, new = rng.bytes(1 << 20), rng.bytes(3 << 20)
-    put(store_url, "model.bin", old, tmp_path)
-    m = mount_store(store_url, name="m", allow_errors=True)
-    # The store refuses new packs. chmod 0555 would not stop the daemon (root passes
-    # permission checks); the immutable attribute stops root too.
+def write_with_a_failed_upload(m, store_url: str, name: str, data: bytes) -> None:
+    """Write a file through mount m while the store refuses new packs; then unmount m.
+
+    close() must fail with EIO, and the data must stay staged, uncommitted.
+    """
+    before = [v.version for v in history(store_url, name)]
+    # chmod 0555 would not stop the daemon (root passes permission checks); the
+    # immutable attribute stops root too.
     packs = [Path(store_url) / "packs", *(Path(store_url) / "packs").iterdir()]
     subprocess.run(["chattr", "+i", *map(str, packs)], check=True)
     try:
-        f = open(m.path / "model.bin", "wb")  # noqa: SIM115 - its close is what is tested
-        f.write(new)
+        f = open(m.path / name, "wb")  # noqa: SIM115 - its close is what is tested
+        f.write(data)
         with pytest.raises(OSError) as failed:
             f.close()
         assert failed.value.errno == errno.EIO
@@ -423,10 +422,21 @@ def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
         assert m.stats()["files_being_written"] == 1
     finally:
         subprocess.run(["chattr", "-i", *map(str, packs)], check=True)
-    assert [v.version for v in history(store_url, "model.bin")] == [1]
+    assert [v.version for v in history(store_url, name)] == before
     proc = m.unmount()
     assert proc.returncode == 0, proc.stderr
-    assert [v.version for v in history(store_url, "model.bin")] == [1]
+    assert [v.version for v in history(store_url, name)] == before
+
+
+@needs_root
+def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(10)
+    old, new = rng.bytes(1 << 20), rng.bytes(3 << 20)
+    put(store_url, "model.bin", old, tmp_path)
+    m = mount_store(store_url, name="m", allow_errors=True)
+    write_with_a_failed_upload(m, store_url, "model.bin", new)
 
     offset = len(m.log)
     m2 = mount_store(store_url, name="m", allow_errors=True)
@@ -438,6 +448,32 @@ def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
     assert "staged by an earlier mount" in log
     assert " ERROR " not in log and "Traceback" not in log
     assert not list((m.cache_dir / "staging").glob("*.data"))
+
+
+@needs_root
+def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(11)
+    old, new = rng.bytes(1 << 20), rng.bytes(2 << 20)
+    put(store_url, "model.bin", old, tmp_path)
+    m = mount_store(store_url, name="m", allow_errors=True)
+    write_with_a_failed_upload(m, store_url, "model.bin", new)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelfs", "sync", store_url, "--cache-dir", str(m.cache_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "committed model.bin" in proc.stdout
+    assert [v.version for v in history(store_url, "model.bin")] == [1, 2]
+    assert read_store(store_url, "model.bin", tmp_path) == new
+    assert not list((m.cache_dir / "staging").glob("*.data"))
+    again = subprocess.run(
+        [sys.executable, "-m", "modelfs", "sync", store_url, "--cache-dir", str(m.cache_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0 and "nothing staged" in again.stdout
 
 
 # 8. signals and umount

@@ -46,7 +46,7 @@ from ..store.paths import ref_key
 from ..store.refs import Version
 from .errors import fuse_error_boundary
 from .inodes import InodeTable
-from .staging import StagedFile, StagingArea
+from .staging import MODE_KEY, StagedFile, StagingArea
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ DIR_MODE = stat.S_IFDIR | 0o755
 XATTR_PREFIX = "user."
 BLOCK_SIZE = 4096
 MIN_READAHEAD = 4 << 20
+SEQUENTIAL_THRESHOLD = 1 << 20
 MAX_READAHEAD = 64 << 20
 
 
@@ -83,7 +84,8 @@ class ReadHandle:
     inode: int
     version: Version
     manifest: Manifest
-    last_end: int = -1
+    last_end: int = 0
+    sequential: int = 0  # bytes read back to back up to last_end
     readahead: int = 0
 
 
@@ -211,7 +213,7 @@ class Operations(pyfuse3.Operations):
         mtime = self.started
         if path in self._staged:
             staged = self._staged[path]
-            a.st_mode = int(staged.metadata.get("modelfs.mode", DEFAULT_FILE_MODE))
+            a.st_mode = int(staged.metadata.get(MODE_KEY, DEFAULT_FILE_MODE))
             a.st_size = staged.size
             a.st_nlink = 1
             mtime = os.fstat(staged.fd).st_mtime
@@ -402,7 +404,7 @@ class Operations(pyfuse3.Operations):
             mode = (attr.st_mode & 0o7777) | (self._attr(inode, path).st_mode & ~0o7777)
             staged = self._staged.get(path)
             if staged is not None:
-                staged.metadata["modelfs.mode"] = str(mode)
+                staged.metadata[MODE_KEY] = str(mode)
             elif path in self.tree.files:
                 version = await self._run(self.store.chmod, path, mode)
                 self.tree.files[path] = version
@@ -719,7 +721,7 @@ class Operations(pyfuse3.Operations):
             manifest = await self._run(self.store.load_manifest, version.manifest)
             metadata = dict(manifest.metadata)
             if version.mode:
-                metadata["modelfs.mode"] = str(version.mode)
+                metadata[MODE_KEY] = str(version.mode)
         staged = await self._run(self.staging.create, path, metadata)
         if manifest is not None and not truncate:
             await self._run(self._copy_into, manifest, staged, path)
@@ -751,7 +753,7 @@ class Operations(pyfuse3.Operations):
         else:
             staged.handles += 1
             os.ftruncate(staged.fd, 0)
-        staged.metadata["modelfs.mode"] = str(stat.S_IFREG | (mode & 0o7777))
+        staged.metadata[MODE_KEY] = str(stat.S_IFREG | (mode & 0o7777))
         staged.dirty = True  # an empty new file is still a new file
         inode = self.inodes.inode(path)
         self.inodes.looked_up(inode)
@@ -767,9 +769,11 @@ class Operations(pyfuse3.Operations):
         if isinstance(handle, WriteHandle):
             return os.pread(handle.staged.fd, size, off)
         assert isinstance(handle, ReadHandle)
-        if off == handle.last_end and off > 0:
-            # Sequential: fetch what comes next while this read is served, over a window
-            # that doubles while reading stays sequential (a lone read fetches nothing extra).
+        handle.sequential = handle.sequential + size if off == handle.last_end else 0
+        if handle.sequential >= SEQUENTIAL_THRESHOLD:
+            # A sequential reader: fetch what comes next while this read is served, over a
+            # window that doubles while it stays sequential. mmap page faults read only a
+            # little around each fault, below the threshold, so they fetch nothing extra.
             handle.readahead = min(MAX_READAHEAD, max(MIN_READAHEAD, handle.readahead * 2))
             self.reader.prefetch(handle.manifest, off + size, handle.readahead, handle.path)
         else:
@@ -837,14 +841,7 @@ class Operations(pyfuse3.Operations):
         staged.dirty = False
         try:
             await self._run(self.staging.mark_closed, staged)
-            metadata = {k: v for k, v in staged.metadata.items() if k != "modelfs.mode"}
-            mode = int(staged.metadata.get("modelfs.mode", 0))
-
-            def put() -> Version:
-                self.store.put(path, staged.data_path, metadata=metadata, mode=mode)
-                return self.store.version(path)
-
-            version = await self._run(put)
+            version = await self._run(staged.commit_to, self.store)
         except BaseException as e:
             staged.dirty = True
             self.counters.commit_errors += 1

@@ -29,8 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelfsError
+from ..store import Store, Version
 
 log = logging.getLogger(__name__)
+
+# The file's mode travels in the staged metadata under this key; it is committed
+# as the version's mode, not as metadata.
+MODE_KEY = "modelfs.mode"
 
 
 @dataclass
@@ -49,6 +54,13 @@ class StagedFile:
     @property
     def size(self) -> int:
         return os.fstat(self.fd).st_size
+
+    def commit_to(self, store: Store) -> Version:
+        """Store the staged data as the next version of its path (blocking: run in a thread)."""
+        metadata = {k: v for k, v in self.metadata.items() if k != MODE_KEY}
+        mode = int(self.metadata.get(MODE_KEY, 0))
+        store.put(self.path, self.data_path, metadata=metadata, mode=mode)
+        return store.version(self.path)
 
     def write_journal(self) -> None:
         tmp = self.journal_path.with_suffix(".tmp")
