@@ -36,6 +36,7 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = False
     refresh_interval: float = 5.0
+    readahead_kb: int = 4096
     fuse_options: list[str] = field(default_factory=list)
 
 
@@ -49,6 +50,23 @@ def runtime_dir() -> Path:
 def pid_file(mountpoint: str) -> Path:
     key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
     return runtime_dir() / f"{key}.pid"
+
+
+def raise_readahead(real_mountpoint: str, kb: int) -> None:
+    """Let the kernel read ahead up to kb KiB, so sequential reads arrive in 1 MiB
+    requests instead of 128 KiB ones: eight times fewer round trips to the daemon.
+
+    Best effort (needs root). Reads /proc and /sys only: touching the mountpoint
+    itself before the main loop runs would wait forever on our own daemon.
+    """
+    try:
+        with open("/proc/self/mountinfo") as f:
+            devs = [line.split()[2] for line in f if line.split()[4] == real_mountpoint]
+        if devs:
+            Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb").write_text(str(kb))
+            log.info("kernel readahead for %s set to %d KiB", real_mountpoint, kb)
+    except OSError as e:
+        log.info("kernel readahead left at its default (%s)", e)
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -103,6 +121,7 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
         # Before init: once mounted, touching the mountpoint from this thread would
         # wait on requests that only the not yet running main loop can answer.
         pidf = pid_file(opts.mountpoint)
+        real_mountpoint = os.path.realpath(opts.mountpoint)
         try:
             pyfuse3.init(ops, opts.mountpoint, fuse_options)
         except RuntimeError as e:
@@ -114,7 +133,7 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
         if ready_fd is not None:
             os.close(ready_fd)
             ready_fd = None
-        trio.run(_serve)
+        trio.run(_serve, real_mountpoint, opts.readahead_kb)
     except ModelfsError as e:
         report(f"error: {e}")
         raise
@@ -129,10 +148,18 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
             client.close()
 
 
-async def _serve() -> None:
+async def _serve(real_mountpoint: str, readahead_kb: int) -> None:
     import pyfuse3
 
     async with trio.open_nursery() as nursery:
+
+        async def raise_readahead_after_init() -> None:
+            # The kernel lowers readahead to what the FUSE INIT reply allows, and that
+            # reply goes out only once the main loop runs: raise it after that.
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(raise_readahead, real_mountpoint, readahead_kb)
+
+        nursery.start_soon(raise_readahead_after_init)
 
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
