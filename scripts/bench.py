@@ -569,6 +569,42 @@ def mount_reads(
     }
 
 
+def daemon_memory(
+    work: Path, size: int, cache: PageCache, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Peak RSS of the mount daemon while a file of `size` random bytes is read through it.
+
+    Random bytes, so nothing deduplicates or compresses: every block is fetched,
+    verified, decoded and cached once, the most the daemon ever holds at a time.
+    """
+    src = work / "rss-source.bin"
+    rng = np.random.default_rng(1)
+    with open(src, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 << 20)
+            f.write(rng.bytes(n))
+            left -= n
+    store = work / "store-rss"
+    with modelfs.open_store(store, create=True, use_disk_cache=False) as client:
+        client.put("big.bin", src)
+    src.unlink()
+    mnt, disk_cache = work / "mnt-rss", work / "mount-cache-rss"
+    _mount(store, mnt, disk_cache)
+    try:
+        cache.drop(store)
+        wall, _ = timed(lambda: read_plain(mnt / "big.bin"))
+        peak = _peak_rss(_daemon_pid(mnt))
+    finally:
+        _umount(mnt)
+    shutil.rmtree(store)
+    shutil.rmtree(disk_cache)
+    log(
+        f"  read {size / MB:.0f} MB through a mount at {size / MB / wall:.1f} MB/s; daemon peak RSS {peak / MB:.0f} MB"
+    )
+    return {"bytes": size, "seconds": wall, "daemon_peak_rss_bytes": peak}
+
+
 # machine and report
 
 
@@ -723,6 +759,12 @@ def report(res: dict[str, Any]) -> str:
                 + (f"{mt['ratios'][ratio]:>8.3f}" if ratio else f"{'':>8}")
             )
         so = mt["safe_open"]
+        if "daemon_memory" in res:
+            dm = res["daemon_memory"]
+            lines.append(
+                f"  daemon peak RSS reading {dm['bytes'] / 2**30:.1f} GiB of random bytes: "
+                f"{dm['daemon_peak_rss_bytes'] / 2**20:.0f} MiB ({dm['bytes'] / MB / dm['seconds']:.0f} MB/s)"
+            )
         lines += [
             f"  daemon peak RSS {mt['daemon_peak_rss_bytes'] / MB:.0f} MB",
             f"  safe_open + get_tensor({so['tensor']!r}, {so['tensor_bytes'] / MB:.2f} MB), cold: "
@@ -744,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="never drop the whole page cache (use posix_fadvise per file)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--no-mount", action="store_true", help="skip the reads through a FUSE mount")
+    p.add_argument("--rss-size", type=parse_size, default=4 << 30,
+                   help="size of the random file read through a mount to measure the daemon's "
+                   "peak RSS (4G; 0 skips)")  # fmt: skip
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -786,6 +831,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_mount:
             log("reads through a mount")
             res["mount"] = mount_reads(work, big, args.repeats, cache, log)
+            if args.rss_size:
+                big.unlink()  # room for the next file
+                log(f"daemon memory while reading {args.rss_size / MB:.0f} MB of random bytes")
+                res["daemon_memory"] = daemon_memory(work, args.rss_size, cache, log)
         res["loadavg_end"] = os.getloadavg()
         res["seconds"] = time.time() - started
     finally:

@@ -18,7 +18,7 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     work = tmp_path / "work"
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
-         "--workdir", str(work), "--no-drop-caches", "--quiet"],
+         "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -46,3 +46,10 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         assert len(timing["seconds"]) == 1, name
         assert timing["median_mb_per_s"] > 0, name
     assert all(r > 0 for r in t["ratios"].values())
+
+    mt = res["mount"]
+    assert all(x["median_mb_per_s"] > 0 for x in mt["timings"].values())
+    assert 0 < mt["safe_open"]["bytes_fetched"] < mt["bytes"]
+    assert mt["daemon_peak_rss_bytes"] > 0
+    assert res["daemon_memory"]["bytes"] == 16 << 20
+    assert res["daemon_memory"]["daemon_peak_rss_bytes"] > 0
