@@ -460,19 +460,19 @@ def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
     m = mount_store(store_url, name="m", allow_errors=True)
     write_with_a_failed_upload(m, store_url, "model.bin", new)
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "modelfs", "sync", store_url, "--cache-dir", str(m.cache_dir)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    def sync() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "modelfs", "sync", store_url, "--cache-dir", str(m.cache_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    proc = sync()
     assert proc.returncode == 0, proc.stderr
     assert "committed model.bin" in proc.stdout
     assert [v.version for v in history(store_url, "model.bin")] == [1, 2]
     assert read_store(store_url, "model.bin", tmp_path) == new
     assert not list((m.cache_dir / "staging").glob("*.data"))
-    again = subprocess.run(
-        [sys.executable, "-m", "modelfs", "sync", store_url, "--cache-dir", str(m.cache_dir)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    again = sync()
     assert again.returncode == 0 and "nothing staged" in again.stdout
 
 
