@@ -170,6 +170,32 @@ def test_changing_bytes_in_the_middle_keeps_the_rest(
     assert history_sizes(store_url, tmp_path, "weights.bin") == [5 * MiB, 5 * MiB]
 
 
+def test_opening_a_large_model_for_writing_fetches_nothing_until_a_byte_changes(
+    minilm_store: str, minilm_bytes: bytes, mount_store, tmp_path: Path
+) -> None:
+    m = mount_store(minilm_store)
+    p = m.path / "minilm" / "model.safetensors"
+    subprocess.run(["touch", str(p)], check=True)
+    open(p, "r+b").close()
+    with open(p, "ab") as f:
+        assert f.tell() == len(minilm_bytes)  # the size is right before any copy
+    assert m.stats()["bytes_fetched"] == 0
+    assert history_sizes(minilm_store, tmp_path, "minilm/model.safetensors") == [len(minilm_bytes)]
+
+
+def test_xattr_on_a_file_open_for_writing_commits_its_whole_content(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    m = mount_store(store_url)
+    p = m.path / "weights.bin"
+    data = os.urandom(3 * MiB)
+    p.write_bytes(data)
+    with open(p, "r+b"):  # open for writing, change no byte, only an attribute
+        os.setxattr(p, "user.metric.loss", b"0.25")
+    assert read_stored(store_url, tmp_path, "weights.bin") == data
+    assert os.getxattr(p, "user.metric.loss") == b"0.25"
+
+
 def test_empty_new_file_is_committed(store_url: str, mount_store, tmp_path: Path) -> None:
     m = mount_store(store_url)
     (m.path / "empty").touch()

@@ -151,6 +151,7 @@ class Operations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(threads)
         self._refresh_lock = trio.Lock()
         self._changes = 0  # bumped whenever this mount updates the tree from the store
+        self._copy_locks: dict[int, trio.Lock] = {}  # id(staged) -> lock of its one copy-in
         self.counters = Counters()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
@@ -392,11 +393,17 @@ class Operations(pyfuse3.Operations):
                     version=await self._current_version(path),
                 )  # fmt: skip
                 staged.handles -= 1  # no handle holds it: commit now
+                if attr.st_size:
+                    await self._materialize(staged)
+                staged.base = None
                 os.ftruncate(staged.fd, attr.st_size)
                 staged.dirty = True
                 await self._commit(staged)
                 await self._release_staged(staged)
             else:
+                if attr.st_size:
+                    await self._materialize(staged)
+                staged.base = None
                 os.ftruncate(staged.fd, attr.st_size)
                 staged.dirty = True
         if fields.update_mode:
@@ -668,7 +675,7 @@ class Operations(pyfuse3.Operations):
             else:
                 staged.handles += 1
                 if truncate:
-                    os.ftruncate(staged.fd, 0)
+                    await self._empty(staged)
             if truncate:
                 staged.dirty = True  # emptied: a new version even if nothing is written
             fh = self._new_fh(WriteHandle(path, inode, staged))
@@ -724,10 +731,29 @@ class Operations(pyfuse3.Operations):
                 metadata[MODE_KEY] = str(version.mode)
         staged = await self._run(self.staging.create, path, metadata)
         if manifest is not None and not truncate:
-            await self._run(self._copy_into, manifest, staged, path)
+            staged.base = manifest  # copied in by _materialize, at the first change
         staged.handles = 1
         self._staged[path] = staged
         return staged
+
+    async def _empty(self, staged: StagedFile) -> None:
+        """Truncate a staged file to nothing (its base content is then never needed)."""
+        async with self._copy_locks.setdefault(id(staged), trio.Lock()):
+            staged.base = None
+            os.ftruncate(staged.fd, 0)
+        self._copy_locks.pop(id(staged), None)
+
+    async def _materialize(self, staged: StagedFile) -> None:
+        """Copy the committed content a staged file starts from into it, once, before
+        anything reads or changes its data (concurrent callers wait for one copy)."""
+        if staged.base is None:
+            return
+        lock = self._copy_locks.setdefault(id(staged), trio.Lock())
+        async with lock:
+            if staged.base is not None:
+                await self._run(self._copy_into, staged.base, staged, staged.path)
+                staged.base = None
+        self._copy_locks.pop(id(staged), None)
 
     def _copy_into(self, manifest: Manifest, staged: StagedFile, path: str) -> None:
         offset = 0
@@ -752,7 +778,7 @@ class Operations(pyfuse3.Operations):
             self._staged[path] = staged
         else:
             staged.handles += 1
-            os.ftruncate(staged.fd, 0)
+            await self._empty(staged)
         staged.metadata[MODE_KEY] = str(stat.S_IFREG | (mode & 0o7777))
         staged.dirty = True  # an empty new file is still a new file
         inode = self.inodes.inode(path)
@@ -767,6 +793,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(handle, VirtualHandle):
             return handle.data[off : off + size]
         if isinstance(handle, WriteHandle):
+            await self._materialize(handle.staged)
             return os.pread(handle.staged.fd, size, off)
         assert isinstance(handle, ReadHandle)
         handle.sequential = handle.sequential + size if off == handle.last_end else 0
@@ -796,6 +823,7 @@ class Operations(pyfuse3.Operations):
         handle = self._handles[fh]
         if not isinstance(handle, WriteHandle) or not handle.writable:
             raise _fuse(errno.EBADF)
+        await self._materialize(handle.staged)
         written = os.pwrite(handle.staged.fd, buf, off)
         handle.staged.dirty = True
         self.counters.writes += 1
@@ -840,6 +868,7 @@ class Operations(pyfuse3.Operations):
             return
         staged.dirty = False
         try:
+            await self._materialize(staged)  # a metadata-only change still commits the content
             await self._run(self.staging.mark_closed, staged)
             version = await self._run(staged.commit_to, self.store)
         except BaseException as e:

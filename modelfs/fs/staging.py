@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelfsError
-from ..store import Store, Version
+from ..store import Manifest, Store, Version
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,13 @@ class StagedFile:
     fd: int = -1
     dirty: bool = False
     handles: int = 0
+    # The committed content this file starts from, not yet copied in: opening a
+    # large model for writing (as `touch` does) copies nothing until a byte changes.
+    base: Manifest | None = None
 
     @property
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        return self.base.size if self.base is not None else os.fstat(self.fd).st_size
 
     def commit_to(self, store: Store) -> Version:
         """Store the staged data as the next version of its path (blocking: run in a thread)."""
