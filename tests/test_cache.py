@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.cache import DiskBlockCache, MemoryBlockCache
+from modelfs.cache import ENTRY_OVERHEAD, DiskBlockCache, MemoryBlockCache
 from modelfs.store.format import block_id
 
 
@@ -54,7 +54,7 @@ def test_disk_cache_returns_what_was_put(tmp_path: Path, minilm_path: Path) -> N
     for bid, data in blocks:
         cache.put(bid, data)
     assert [cache.get(bid) for bid, _ in blocks] == [data for _, data in blocks]
-    assert cache.size == 50_000
+    assert cache.size == 5 * (10_000 + ENTRY_OVERHEAD)  # what the entries take on disk
     assert cache.hits == 5
 
 
@@ -70,8 +70,8 @@ def test_putting_a_block_twice_stores_it_once(tmp_path: Path, minilm_path: Path)
     ((bid, data),) = make_blocks(minilm_path, 1, 10_000)
     cache.put(bid, data)
     cache.put(bid, data)
-    assert cache.size == 10_000
-    assert on_disk(tmp_path / "cache") == {bid: 10_000}
+    assert cache.size == 10_000 + ENTRY_OVERHEAD
+    assert on_disk(tmp_path / "cache") == {bid: 10_000 + ENTRY_OVERHEAD}
 
 
 def test_disk_cache_entries_and_size_survive_reopening(tmp_path: Path, minilm_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_disk_cache_entries_and_size_survive_reopening(tmp_path: Path, minilm_pa
     for bid, data in blocks:
         first.put(bid, data)
     again = DiskBlockCache(tmp_path / "cache", 1 << 20)
-    assert again.size == 4 * 12_345
+    assert again.size == 4 * (12_345 + ENTRY_OVERHEAD)
     assert [again.get(bid) for bid, _ in blocks] == [data for _, data in blocks]
 
 
@@ -104,7 +104,7 @@ def test_disk_cache_stays_under_its_limit_as_blocks_are_added(
 
 def test_disk_cache_evicts_least_recently_used_first(tmp_path: Path, minilm_path: Path) -> None:
     directory = tmp_path / "cache"
-    cache = DiskBlockCache(directory, 10_000)
+    cache = DiskBlockCache(directory, 10_100)
     (a, da), (b, db), (c, dc), (d, dd) = make_blocks(minilm_path, 4, 3_000)
     for bid, data in ((a, da), (b, db), (c, dc)):
         cache.put(bid, data)
@@ -112,7 +112,7 @@ def test_disk_cache_evicts_least_recently_used_first(tmp_path: Path, minilm_path
     age(directory, b, 200)
     age(directory, c, 100)
     assert cache.get(a) == da  # a use makes a the most recently used
-    cache.put(d, dd)  # 12 000 bytes > 10 000: evict down to 9 000
+    cache.put(d, dd)  # 4 x 3 016 bytes on disk > 10 100: evict down to 9 090
     assert set(on_disk(directory)) == {a, c, d}
     assert cache.get(b) is None
     assert cache.get(a) == da and cache.get(c) == dc and cache.get(d) == dd
@@ -182,7 +182,7 @@ def test_a_dropped_damaged_entry_no_longer_counts_toward_the_cache_size(
     damaged[0] ^= 0x80
     path.write_bytes(damaged)
     assert cache.get(bid) is None
-    assert cache.size == 10_000 == sum(on_disk(directory).values())
+    assert cache.size == 10_000 + ENTRY_OVERHEAD == sum(on_disk(directory).values())
 
 
 def test_a_damaged_entry_logs_a_warning_naming_the_file(
