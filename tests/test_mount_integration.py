@@ -476,6 +476,33 @@ def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
     assert again.returncode == 0 and "nothing staged" in again.stdout
 
 
+@needs_root
+def test_a_file_unlinked_before_its_upload_succeeded_stays_deleted_after_remount(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    m = mount_store(store_url, name="m", allow_errors=True)
+    packs = [Path(store_url) / "packs"]
+    (Path(store_url) / "packs").mkdir(exist_ok=True)
+    subprocess.run(["chattr", "+i", *map(str, packs)], check=True)
+    try:
+        f = open(m.path / "scratch.bin", "wb")  # noqa: SIM115 - its close is what is tested
+        f.write(os.urandom(1 << 20))
+        with pytest.raises(OSError):
+            f.close()
+        assert wait_until(lambda: m.stats()["commit_errors"] >= 2, timeout=10)
+        os.unlink(m.path / "scratch.bin")  # the user gives up on it
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, packs)], check=True)
+    assert m.unmount().returncode == 0
+    offset = len(m.log)
+    m2 = mount_store(store_url, name="m", allow_errors=True)  # shares m's log file
+    assert not (m2.path / "scratch.bin").exists()
+    assert list((m2.cache_dir / "staging").glob("*.data")) == []
+    with pytest.raises(modelfs.NotFoundError):
+        history(store_url, "scratch.bin")
+    assert " ERROR " not in m2.log[offset:]
+
+
 # 8. signals and umount
 
 

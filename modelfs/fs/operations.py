@@ -528,6 +528,8 @@ class Operations(pyfuse3.Operations):
         self._changes += 1
         if staged is not None:  # written but not yet committed: it will never be
             staged.path = ""
+            # Also in the journal, or a crash now would let the next mount commit it again.
+            await self._run(staged.write_journal)
             self._staged.pop(path, None)
         self.inodes.detach(path)
 

@@ -127,7 +127,8 @@ class StagingArea:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("ignoring unreadable staging journal %s: %s", journal, e)
                 continue
-            if not data.exists():
+            if not data.exists() or not path:  # gone, or unlinked before it was committed
+                data.unlink(missing_ok=True)
                 journal.unlink(missing_ok=True)
                 continue
             if state == "closed":
