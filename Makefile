@@ -10,8 +10,7 @@ setup:
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup
-	$(PY) -m ruff check modelfs tests scripts
+test: lint
 	$(PY) -m pytest -q
 
 lint: setup
@@ -22,4 +21,4 @@ bench: setup
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf .venv demo-store .pytest_cache
+	rm -rf .venv demo-store demo-store.cache demo-mnt demo-mnt.cache .pytest_cache
