@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from seaweed import REGION, SeaweedFS, start_seaweedfs
 
 import modelfs
 from modelfs.backends import Backend, LocalBackend, MemoryBackend
+from modelfs.backends.s3 import S3Backend
 
 
 def _minilm_path() -> Path:
@@ -110,9 +112,40 @@ def minilm_bf16_path(tmp_path_factory: pytest.TempPathFactory, minilm_tensors) -
     return path
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """One SeaweedFS (S3 on a loopback port) for the whole session; tests make their own buckets.
+
+    If it cannot start, every test using it fails with the server's log.
+    """
+    server = start_seaweedfs()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_backend(seaweedfs: SeaweedFS) -> Iterator[S3Backend]:
+    """An S3Backend on a fresh SeaweedFS bucket, under a prefix (as stores usually are)."""
+    b = S3Backend(
+        seaweedfs.new_bucket(),
+        "store",
+        endpoint_url=seaweedfs.endpoint,
+        region_name=REGION,
+        aws_access_key_id=seaweedfs.access_key,
+        aws_secret_access_key=seaweedfs.secret_key,
+    )
+    yield b
+    b.close()
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend in turn; the conformance suite runs on all of them."""
+    if request.param == "s3":
+        yield request.getfixturevalue("s3_backend")
+        return
     b: Backend = (
         LocalBackend(tmp_path / "blobs", create=True)
         if request.param == "local"

@@ -1,7 +1,8 @@
 """Blob backends and the store URLs that name them.
 
 A store URL is a plain path or file:///abs/path (LocalBackend) or memory://
-(MemoryBackend, tests only). s3:// arrives with the S3 issue.
+(MemoryBackend, tests only) or s3://bucket/prefix (S3Backend, configured by
+the usual AWS environment and profiles).
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from .memory import MemoryBackend
 __all__ = ["Backend", "BlobInfo", "ByteRange", "LocalBackend", "MemoryBackend", "open_backend"]
 
 
-def open_backend(url: str | os.PathLike[str], *, create: bool = False) -> Backend:
-    """The backend a store URL names. create=True makes a missing local directory."""
+def open_backend(url: str | os.PathLike[str], *, create: bool = False, **s3_options) -> Backend:
+    """The backend a store URL names. create=True makes a missing local directory.
+
+    s3_options go to S3Backend (endpoint_url, region_name, profile_name, ...); a
+    missing bucket is StoreNotFoundError whatever `create` says.
+    """
     text = os.fspath(url)
     parsed = urlparse(text)
     if "://" not in text and parsed.scheme not in ("file", "memory"):
@@ -37,4 +42,10 @@ def open_backend(url: str | os.PathLike[str], *, create: bool = False) -> Backen
         return LocalBackend(path, create=create)
     if parsed.scheme == "memory":
         return MemoryBackend()
-    raise StoreNotFoundError(f"unsupported store URL {text!r}: use a path or file:///abs/path")
+    if parsed.scheme == "s3":
+        from .s3 import S3Backend  # imported here: boto3 takes a while to import
+
+        return S3Backend.from_url(text, **s3_options)
+    raise StoreNotFoundError(
+        f"unsupported store URL {text!r}: use a path, file:///abs/path or s3://bucket/prefix"
+    )
