@@ -471,14 +471,19 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    async def _new_name(self, parent_inode: int, name: bytes) -> str:
+        """The path a mkdir or symlink will make: EROFS, or EEXIST if it is taken."""
         self._check_writable()
         path = _join(self.inodes.path(parent_inode), name)
         await self._refresh(force=True)
         if self._exists(path):
             raise _fuse(errno.EEXIST)
+        return path
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = await self._new_name(parent_inode, name)
         await self._run(self.store.mkdir, path)
         self.tree.add_dir_and_parents(path)
         self.tree.explicit_dirs.add(path)
@@ -622,11 +627,7 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._check_writable()
-        path = _join(self.inodes.path(parent_inode), name)
-        await self._refresh(force=True)
-        if self._exists(path):
-            raise _fuse(errno.EEXIST)
+        path = await self._new_name(parent_inode, name)
         await self._run(lambda: self.store.put(path, bytes(target), mode=stat.S_IFLNK | 0o777))
         self.tree.files[path] = await self._run(self.store.version, path)
         self._changes += 1
