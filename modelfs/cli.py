@@ -104,7 +104,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         zstd_level=args.zstd_level,
         pack_size=args.pack_size,
     )
-    init_store(args.store, config)
+    init_store(args.store, config, unsafe_single_writer=args.unsafe_single_writer)
     print(f"initialised modelfs store at {args.store}")
     return 0
 
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-block-size", type=parse_size, default=defaults.max_size)
     sp.add_argument("--zstd-level", type=int, default=StoreConfig().zstd_level)
     sp.add_argument("--pack-size", type=parse_size, default=StoreConfig().pack_size)
+    sp.add_argument("--unsafe-single-writer", action="store_true",
+                    help="allow a server that ignores conditional writes (only one writer at a time!)")  # fmt: skip
 
     sp = add("put", cmd_put, "store a local file as the next version of PATH")
     sp.add_argument("local", help="local file, or - for standard input")

@@ -228,12 +228,17 @@ class Client:
         return {**asdict(v), "deleted": v.deleted}
 
 
-def init_store(url: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
+def init_store(
+    url: str | os.PathLike[str],
+    config: StoreConfig | None = None,
+    *,
+    unsafe_single_writer: bool = False,
+) -> None:
     """Create an empty store at url (a missing local directory is created)."""
     backend = open_backend(url, create=True)
     try:
-        Store.create(backend, config).close()
-    except AlreadyExistsError:
+        Store.create(backend, config, unsafe_single_writer=unsafe_single_writer).close()
+    except ModelfsError:
         backend.close()
         raise
 

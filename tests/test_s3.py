@@ -15,7 +15,7 @@ import threading
 import pytest
 from seaweed import REGION, SeaweedFS
 
-from modelfs.backends import ByteRange, open_backend
+from modelfs.backends import ByteRange, RetryingBackend, open_backend
 from modelfs.backends.s3 import S3Backend, parse_s3_url
 from modelfs.errors import (
     AlreadyExistsError,
@@ -157,7 +157,7 @@ def test_open_backend_takes_an_s3_url_and_the_aws_environment(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     backend = open_backend(f"s3://{bucket}/stores/one")
-    assert isinstance(backend, S3Backend)
+    assert isinstance(backend, RetryingBackend) and isinstance(backend.inner, S3Backend)
     backend.put("config", b"c")
     assert backend.get("config") == b"c"
     raw = seaweedfs.client().get_object(Bucket=bucket, Key="stores/one/config")
@@ -195,3 +195,13 @@ def test_an_unreachable_endpoint_is_a_temporary_backend_error(seaweedfs: Seaweed
         S3Backend("bucket", **_options(seaweedfs, endpoint_url=f"http://127.0.0.1:{port}"))
     assert info.value.temporary
     assert seaweedfs.secret_key not in str(info.value)
+
+
+def test_a_store_on_seaweedfs_passes_the_conditional_write_check_at_init(
+    seaweedfs: SeaweedFS,
+) -> None:
+    from modelfs.store import Store
+
+    backend = open_backend(f"s3://{seaweedfs.new_bucket()}/models", **_options(seaweedfs))
+    Store.create(backend).close()
+    assert list(backend.list()) == ["config"]  # the probe is gone

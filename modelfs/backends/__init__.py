@@ -14,8 +14,12 @@ from ..errors import StoreNotFoundError
 from .base import Backend, BlobInfo, ByteRange
 from .local import LocalBackend
 from .memory import MemoryBackend
+from .retry import DEFAULT_MAX_ELAPSED, RetryingBackend
 
-__all__ = ["Backend", "BlobInfo", "ByteRange", "LocalBackend", "MemoryBackend", "open_backend"]
+__all__ = [
+    "Backend", "BlobInfo", "ByteRange", "LocalBackend", "MemoryBackend", "RetryingBackend",
+    "open_backend",
+]  # fmt: skip
 
 
 def open_backend(url: str | os.PathLike[str], *, create: bool = False, **s3_options) -> Backend:
@@ -45,7 +49,9 @@ def open_backend(url: str | os.PathLike[str], *, create: bool = False, **s3_opti
     if parsed.scheme == "s3":
         from .s3 import S3Backend  # imported here: boto3 takes a while to import
 
-        return S3Backend.from_url(text, **s3_options)
+        max_elapsed = s3_options.pop("retry_seconds", DEFAULT_MAX_ELAPSED)
+        # Only network backends have temporary failures worth waiting out.
+        return RetryingBackend(S3Backend.from_url(text, **s3_options), max_elapsed=max_elapsed)
     raise StoreNotFoundError(
         f"unsupported store URL {text!r}: use a path, file:///abs/path or s3://bucket/prefix"
     )

@@ -41,6 +41,7 @@ import blake3
 from ..backends.base import Backend, ByteRange
 from ..errors import (
     AlreadyExistsError,
+    ConflictError,
     CorruptionError,
     DirectoryNotEmptyError,
     FormatError,
@@ -141,13 +142,30 @@ class Store:
     # opening
 
     @classmethod
-    def create(cls, backend: Backend, config: StoreConfig | None = None) -> Store:
-        """Write the config object of a new store; AlreadyExistsError if there is one."""
+    def create(
+        cls,
+        backend: Backend,
+        config: StoreConfig | None = None,
+        *,
+        unsafe_single_writer: bool = False,
+    ) -> Store:
+        """Write the config object of a new store; AlreadyExistsError if there is one.
+
+        Refuses a backend whose conditional writes do not hold (a server that ignores
+        If-None-Match / If-Match), unless the user accepts the risk: then only one
+        writer at a time may use the store, or versions can be lost.
+        """
         config = config or StoreConfig()
         try:
             backend.put_if_absent(CONFIG_KEY, config.to_bytes())
         except AlreadyExistsError:
             raise AlreadyExistsError(f"{backend.url} already holds a modelfs store") from None
+        if not unsafe_single_writer:
+            try:
+                check_conditional_writes(backend)
+            except BaseException:
+                backend.delete(CONFIG_KEY)  # refused: leave no store behind
+                raise
         return cls(backend, config)
 
     @classmethod
@@ -602,6 +620,34 @@ class Store:
                              "length": loc.length, "block": loc.block_id, "problem": why}
                         )  # fmt: skip
         return report
+
+
+def check_conditional_writes(backend: Backend) -> None:
+    """ModelfsError unless create-only and compare-and-swap writes really are conditional."""
+    key = f"probe/{os.urandom(8).hex()}"
+    try:
+        etag = backend.put_if_absent(key, b"first")
+        try:
+            backend.put_if_absent(key, b"second")
+            honoured = False
+        except AlreadyExistsError:
+            honoured = True
+        if honoured:
+            try:
+                backend.put_if_match(key, b"third", etag + "-stale")
+                honoured = False
+            except ConflictError:
+                pass
+        if honoured and backend.get(key) != b"first":
+            honoured = False
+    finally:
+        backend.delete(key)
+    if not honoured:
+        raise ModelfsError(
+            f"{backend.url} ignores conditional writes (If-None-Match / If-Match): two writers "
+            "could overwrite each other's versions. Use a server that supports them, or accept "
+            "one writer at a time with --unsafe-single-writer"
+        )
 
 
 def verify_block(loc: BlockLocation, stored: memoryview | bytes) -> bytes:
