@@ -61,3 +61,5 @@ def test_mounts_on_one_bucket_write_and_read_each_others_files(
 
     with safe_open(str(b.path / PATH), "np") as f:
         assert f.get_tensor("encoder.layer.2.output.dense.weight").shape == (384, 1536)
+    assert a.stats()["store_requests"]["PUT"] > 0  # S3 requests, counted per method
+    assert b.stats()["store_requests"]["GET"] > 0

@@ -85,6 +85,10 @@ class Backend(ABC):
     def delete(self, key: str) -> None:
         """Remove a blob; removing a missing one is not an error."""
 
+    def request_counts(self) -> dict[str, int]:
+        """Requests sent to a remote store so far, by HTTP method ({} for local backends)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

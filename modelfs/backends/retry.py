@@ -101,5 +101,8 @@ class RetryingBackend(Backend):
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))
 
+    def request_counts(self) -> dict[str, int]:
+        return self.inner.request_counts()
+
     def close(self) -> None:
         self.inner.close()

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -145,7 +147,20 @@ class S3Backend(Backend):
                 ),
             )
         self._s3 = client
+        self._requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
+        # Count every HTTP request the client sends (retries and multipart parts too).
+        client.meta.events.register("before-send.s3.*", self._count_request)
         self._check_bucket()
+
+    def _count_request(self, request: Any = None, **kwargs: Any) -> None:
+        method = getattr(request, "method", "?")
+        with self._requests_lock:
+            self._requests[method] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        with self._requests_lock:
+            return dict(self._requests)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Backend:

@@ -321,6 +321,7 @@ class Operations(pyfuse3.Operations):
             "commit_errors": self.counters.commit_errors,
             "read_errors": self.counters.read_errors,
             "files_being_written": len(self._staged),
+            "store_requests": self.store.backend.request_counts(),
         }
         return (json.dumps(doc, indent=2) + "\n").encode()
 
