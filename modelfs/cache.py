@@ -65,6 +65,10 @@ class DiskBlockCache:
     def size(self) -> int:
         return self._size
 
+    def contains(self, block_id: str) -> bool:
+        """Whether an entry exists (not checked: get may still find it damaged)."""
+        return self._path(block_id).exists()
+
     def get(self, block_id: str) -> bytes | None:
         path = self._path(block_id)
         try:

@@ -58,6 +58,10 @@ class BlockReader:
     def close(self) -> None:
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
         self._cache_writer.shutdown(wait=True)
+        with self._lock:  # wake anyone waiting on a readahead that was cancelled
+            for event in self._inflight.values():
+                event.set()
+            self._inflight.clear()
 
     def _cache_on_disk(self, block_id: str, data: bytes) -> None:
         """Write a block to the disk cache in the background, unless too much is queued."""
@@ -78,15 +82,27 @@ class BlockReader:
 
     def prefetch(self, manifest: Manifest, offset: int, length: int, path: str = "") -> None:
         """Start fetching the blocks of a range in the background; a later read shares the fetch."""
-        blocks = manifest.blocks_for(offset, length)
-        if not blocks or all(self.memory.get(b.location.block_id) is not None for b in blocks):
+        blocks = [
+            b for b in manifest.blocks_for(offset, length)
+            if self.memory.get(b.location.block_id) is None
+        ]  # fmt: skip
+        if not blocks:
             return
+        disk = self.disk_cache
+        cached = [b for b in blocks if disk is not None and disk.contains(b.location.block_id)]
+        # Claim the blocks to fetch now, not when the task runs: a read that needs one of
+        # them meanwhile waits for this one batch (one request per run of a pack) instead
+        # of fetching its block alone.
+        mine, _ = self._claim([b for b in blocks if b not in cached])
 
         def run() -> None:
             try:
-                self._blocks(blocks, path)
+                self._blocks(cached, path)
+                self._fetch_claimed(mine, path)
             except Exception as e:  # the read that needs these blocks will raise it
                 log.debug("readahead of %s at %d failed: %s", path, offset, e)
+            finally:
+                self._release(mine)
 
         self._prefetcher.submit(run)
 
@@ -153,47 +169,65 @@ class BlockReader:
 
     def _fetch(self, blocks: list[BlockRef], path: str) -> dict[str, bytes]:
         """Fetch from the store, sharing fetches already under way in other threads."""
-        mine: list[BlockRef] = []
-        theirs: list[tuple[BlockRef, threading.Event]] = []
-        with self._lock:
-            for b in blocks:
-                bid = b.location.block_id
-                if bid in self._inflight:
-                    theirs.append((b, self._inflight[bid]))
-                elif all(m.location.block_id != bid for m in mine):
-                    self._inflight[bid] = threading.Event()
-                    mine.append(b)
-        got: dict[str, bytes] = {}
+        mine, theirs = self._claim(blocks)
         try:
-            if mine:
-                try:
-                    datas = self.store.read_blocks(mine)
-                except CorruptionError as e:
-                    bad = next((b for b in mine if b.location.block_id == e.block_id), mine[0])
-                    log.error(
-                        "corrupt block %s of %s at offset %d (pack %s): %s",
-                        e.block_id, path, bad.file_offset, e.pack, e,
-                    )  # fmt: skip
-                    raise e.with_file(path or "<stored file>", bad.file_offset) from None
-                for b, data in zip(mine, datas, strict=True):
-                    bid = b.location.block_id
-                    got[bid] = data
-                    self.memory.put(bid, data)
-                    self._cache_on_disk(bid, data)
-                    self.stats.blocks_fetched += 1
-                    self.stats.bytes_fetched += len(data)
+            got = self._fetch_claimed(mine, path)
         finally:
-            with self._lock:
-                for b in mine:
-                    event = self._inflight.pop(b.location.block_id, None)
-                    if event is not None:
-                        event.set()
+            self._release(mine)
         for b, event in theirs:
             event.wait()
             data = self.memory.get(b.location.block_id)
             if data is None:  # their fetch failed or was evicted: fetch it ourselves
                 data = self._fetch([b], path)[b.location.block_id]
             got[b.location.block_id] = data
+        return got
+
+    def _claim(
+        self, blocks: list[BlockRef]
+    ) -> tuple[list[BlockRef], list[tuple[BlockRef, threading.Event]]]:
+        """(blocks this caller must fetch, blocks another fetch already has, with its event)."""
+        mine: list[BlockRef] = []
+        theirs: list[tuple[BlockRef, threading.Event]] = []
+        with self._lock:
+            for b in blocks:
+                bid = b.location.block_id
+                if bid in self._inflight:
+                    if all(m.location.block_id != bid for m in mine):
+                        theirs.append((b, self._inflight[bid]))
+                else:
+                    self._inflight[bid] = threading.Event()
+                    mine.append(b)
+        return mine, theirs
+
+    def _release(self, claimed: list[BlockRef]) -> None:
+        """Wake the readers waiting for claimed blocks (fetched or not)."""
+        with self._lock:
+            for b in claimed:
+                event = self._inflight.pop(b.location.block_id, None)
+                if event is not None:
+                    event.set()
+
+    def _fetch_claimed(self, mine: list[BlockRef], path: str) -> dict[str, bytes]:
+        """Fetch claimed blocks in one coalesced batch into the caches (the caller releases)."""
+        got: dict[str, bytes] = {}
+        if not mine:
+            return got
+        try:
+            datas = self.store.read_blocks(mine)
+        except CorruptionError as e:
+            bad = next((b for b in mine if b.location.block_id == e.block_id), mine[0])
+            log.error(
+                "corrupt block %s of %s at offset %d (pack %s): %s",
+                e.block_id, path, bad.file_offset, e.pack, e,
+            )  # fmt: skip
+            raise e.with_file(path or "<stored file>", bad.file_offset) from None
+        for b, data in zip(mine, datas, strict=True):
+            bid = b.location.block_id
+            got[bid] = data
+            self.memory.put(bid, data)
+            self._cache_on_disk(bid, data)
+            self.stats.blocks_fetched += 1
+            self.stats.bytes_fetched += len(data)
         return got
 
 

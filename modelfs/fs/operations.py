@@ -60,6 +60,7 @@ XATTR_PREFIX = "user."
 BLOCK_SIZE = 4096
 MIN_READAHEAD = 4 << 20
 SEQUENTIAL_THRESHOLD = 1 << 20
+NEAR = 8 << 20  # reads this close to the last ones continue a sequential run
 MAX_READAHEAD = 64 << 20
 
 
@@ -87,6 +88,7 @@ class ReadHandle:
     last_end: int = 0
     sequential: int = 0  # bytes read back to back up to last_end
     readahead: int = 0
+    prefetched_to: int = 0  # readahead has been started up to this offset
 
 
 @dataclass
@@ -800,15 +802,27 @@ class Operations(pyfuse3.Operations):
             await self._materialize(handle.staged)
             return os.pread(handle.staged.fd, size, off)
         assert isinstance(handle, ReadHandle)
-        handle.sequential = handle.sequential + size if off == handle.last_end else 0
+        # The kernel's own readahead sends several requests at once, which may arrive out
+        # of order: a read near where the last ones ended still counts as sequential.
+        near = handle.last_end - NEAR <= off <= handle.last_end + NEAR
+        handle.sequential = handle.sequential + size if near and handle.last_end else 0
+        if off == 0:
+            handle.sequential = size
         if handle.sequential >= SEQUENTIAL_THRESHOLD:
             # A sequential reader: fetch what comes next while this read is served, over a
             # window that doubles while it stays sequential. mmap page faults read only a
             # little around each fault, below the threshold, so they fetch nothing extra.
             handle.readahead = min(MAX_READAHEAD, max(MIN_READAHEAD, handle.readahead * 2))
-            self.reader.prefetch(handle.manifest, off + size, handle.readahead, handle.path)
+            # Top the window up in big steps, not a block per read: each step is one
+            # batch, fetched with one request per run of neighbouring blocks in a pack.
+            start = max(off + size, handle.prefetched_to)
+            end = off + size + handle.readahead
+            if end - start >= handle.readahead // 2:
+                self.reader.prefetch(handle.manifest, start, end - start, handle.path)
+                handle.prefetched_to = end
         else:
             handle.readahead = 0
+            handle.prefetched_to = 0
         try:
             data = self.reader.read_cached(handle.manifest, off, size)
             if data is None:
@@ -820,7 +834,7 @@ class Operations(pyfuse3.Operations):
         except ModelfsError:
             self.counters.read_errors += 1
             raise
-        handle.last_end = off + len(data)
+        handle.last_end = max(handle.last_end, off + len(data)) if near else off + len(data)
         return data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
