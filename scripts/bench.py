@@ -786,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="never drop the whole page cache (use posix_fadvise per file)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--no-mount", action="store_true", help="skip the reads through a FUSE mount")
-    p.add_argument("--rss-size", type=parse_size, default=4 << 30,
+    p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
+                   default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
                    "peak RSS (4G; 0 skips)")  # fmt: skip
     args = p.parse_args(argv)
