@@ -16,6 +16,9 @@ so a slow or noisy machine moves both; each timed measurement is repeated
 4. The same file read through a real FUSE mount (cold, from the disk cache
    with a new daemon, and again from the kernel page cache), the daemon's
    peak RSS, and the bytes a cold safe_open + get_tensor of one tensor fetches.
+5. With --s3: the same file written and read through a mount of a store on a
+   real SeaweedFS started on loopback, against a plain boto3 download, with
+   the S3 requests per GiB.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
 
@@ -459,7 +462,7 @@ def throughput(
     }
 
 
-def _mount(store: Path, mountpoint: Path, cache_dir: Path) -> None:
+def _mount(store: Path | str, mountpoint: Path, cache_dir: Path) -> None:
     mountpoint.mkdir(exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "modelfs", "mount", str(store), str(mountpoint),
@@ -603,6 +606,77 @@ def daemon_memory(
         f"  read {size / MB:.0f} MB through a mount at {size / MB / wall:.1f} MB/s; daemon peak RSS {peak / MB:.0f} MB"
     )
     return {"bytes": size, "seconds": wall, "daemon_peak_rss_bytes": peak}
+
+
+def s3_mount(
+    work: Path, big: Path, repeats: int, cache: PageCache, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The big file on a real SeaweedFS (started here, on loopback): written through a
+    mount, read cold through a fresh mount, against a plain boto3 download; S3 requests."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from seaweed import start_seaweedfs  # the tests' launcher: loopback ports only
+
+    size = big.stat().st_size
+    gib = size / 2**30
+    server = start_seaweedfs()
+    saved_env = dict(os.environ)
+    try:
+        os.environ.update(
+            AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
+            AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1",
+        )  # fmt: skip
+        bucket = server.new_bucket()
+        url = f"s3://{bucket}/models"
+        modelfs.init_store(url)
+        mnt = work / "mnt-s3"
+
+        def stats() -> dict[str, Any]:
+            return json.loads((mnt / ".modelfs" / "stats").read_text())
+
+        _mount(url, mnt, work / "s3-cache-write")
+        try:
+            cache.warm(big)
+            wall_w, _ = timed(lambda: shutil.copyfile(big, mnt / "big.bin"))
+            written = stats()["store_requests"]
+        finally:
+            _umount(mnt)
+        reads, boto = [], []
+        requests_read: dict[str, int] = {}
+        client = server.client()
+        client.upload_file(str(big), bucket, "plain/big.bin")
+        for r in range(repeats):
+            log(f"s3 repeat {r + 1}/{repeats}")
+            disk_cache = work / f"s3-cache-read-{r}"
+            _mount(url, mnt, disk_cache)
+            try:
+                cache.drop(big)
+                reads.append(timed(lambda: read_plain(mnt / "big.bin"))[0])
+                requests_read = stats()["store_requests"]
+            finally:
+                _umount(mnt)
+            shutil.rmtree(disk_cache)
+
+            def download() -> None:
+                body = client.get_object(Bucket=bucket, Key="plain/big.bin")["Body"]
+                while body.read(CHUNK):
+                    pass
+
+            cache.drop(big)
+            boto.append(timed(download)[0])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        server.stop()
+    read_s, boto_s = statistics.median(reads), statistics.median(boto)
+    return {
+        "bytes": size,
+        "write_mb_per_s": size / MB / wall_w,
+        "read_cold_mb_per_s": size / MB / read_s,
+        "boto3_get_object_mb_per_s": size / MB / boto_s,
+        "read_vs_boto3": boto_s / read_s,
+        "requests_per_gib_written": {k: round(v / gib) for k, v in written.items()},
+        "requests_per_gib_read": {k: round(v / gib) for k, v in requests_read.items()},
+    }
 
 
 # machine and report
@@ -770,6 +844,17 @@ def report(res: dict[str, Any]) -> str:
             f"  safe_open + get_tensor({so['tensor']!r}, {so['tensor_bytes'] / MB:.2f} MB), cold: "
             f"{so['bytes_fetched'] / MB:.2f} MB fetched, {so['fraction_of_file']:.2%} of the file",
         ]
+    if "s3" in res:
+        s3 = res["s3"]
+        lines += [
+            "",
+            f"On SeaweedFS (s3://, same machine): {fmt_mb(s3['bytes'])} MB written through a mount at "
+            f"{s3['write_mb_per_s']:.0f} MB/s (durable at close), read cold through a fresh mount at "
+            f"{s3['read_cold_mb_per_s']:.0f} MB/s; a plain boto3 get_object stream "
+            f"{s3['boto3_get_object_mb_per_s']:.0f} MB/s; ratio {s3['read_vs_boto3']:.2f}",
+            f"  S3 requests per GiB written {s3['requests_per_gib_written']}, "
+            f"per GiB read {s3['requests_per_gib_read']}",
+        ]
     return "\n".join(lines)
 
 
@@ -786,6 +871,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="never drop the whole page cache (use posix_fadvise per file)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--no-mount", action="store_true", help="skip the reads through a FUSE mount")
+    p.add_argument("--s3", action="store_true",
+                   help="also write and read the file through a mount of a SeaweedFS store")  # fmt: skip
     p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
@@ -832,6 +919,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_mount:
             log("reads through a mount")
             res["mount"] = mount_reads(work, big, args.repeats, cache, log)
+            if args.s3:
+                log("the same file on SeaweedFS, through a mount")
+                res["s3"] = s3_mount(work, big, args.repeats, cache, log)
             if args.rss_size:
                 big.unlink()  # room for the next file
                 log(f"daemon memory while reading {args.rss_size / MB:.0f} MB of random bytes")

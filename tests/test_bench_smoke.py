@@ -18,7 +18,7 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     work = tmp_path / "work"
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
-         "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M"],
+         "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -53,3 +53,8 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     assert mt["daemon_peak_rss_bytes"] > 0
     assert res["daemon_memory"]["bytes"] == 16 << 20
     assert res["daemon_memory"]["daemon_peak_rss_bytes"] > 0
+
+    s3 = res["s3"]
+    assert s3["write_mb_per_s"] > 0 and s3["read_cold_mb_per_s"] > 0
+    assert s3["boto3_get_object_mb_per_s"] > 0
+    assert s3["requests_per_gib_written"]["PUT"] > 0 and s3["requests_per_gib_read"]["GET"] > 0
