@@ -141,16 +141,22 @@ def s3_backend(seaweedfs: SeaweedFS) -> Iterator[S3Backend]:
 
 
 @pytest.fixture
-def s3_store_url(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """The s3:// URL of a new, empty store on SeaweedFS, configured as users do: through
-    AWS_* environment variables, which mount daemons and CLI subprocesses inherit."""
+def aws_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SeaweedFS:
+    """SeaweedFS configured as users configure S3: through AWS_* environment variables
+    only (no profile files), which mount daemons and CLI subprocesses inherit."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    url = f"s3://{seaweedfs.new_bucket()}/models"
+    return seaweedfs
+
+
+@pytest.fixture
+def s3_store_url(aws_env: SeaweedFS) -> str:
+    """The s3:// URL of a new, empty store on SeaweedFS, reached through the AWS environment."""
+    url = f"s3://{aws_env.new_bucket()}/models"
     modelfs.init_store(url)
     return url
 

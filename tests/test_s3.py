@@ -146,16 +146,9 @@ def test_prefixes_keep_stores_in_one_bucket_apart(seaweedfs: SeaweedFS) -> None:
     assert a.url == f"s3://{bucket}/a/"
 
 
-def test_open_backend_takes_an_s3_url_and_the_aws_environment(
-    seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+def test_open_backend_takes_an_s3_url_and_the_aws_environment(aws_env: SeaweedFS) -> None:
+    seaweedfs = aws_env
     bucket = seaweedfs.new_bucket()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     backend = open_backend(f"s3://{bucket}/stores/one")
     assert isinstance(backend, RetryingBackend) and isinstance(backend.inner, S3Backend)
     backend.put("config", b"c")
