@@ -18,9 +18,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .backends.retry import DEFAULT_MAX_ELAPSED
 from .client import DEFAULT_CACHE_SIZE, Client, default_cache_dir, init_store, open_store
 from .errors import ModelfsError
 from .store import ChunkingLimits, StoreConfig
+from .store.store import DEFAULT_MAX_REQUESTS
 
 log = logging.getLogger("modelfs")
 
@@ -37,6 +39,26 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return int(value)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0: {text!r}")
+    return value
 
 
 def human(n: float) -> str:
@@ -93,7 +115,10 @@ def _when(ts: float) -> str:
 
 
 def _open(args: argparse.Namespace) -> Client:
-    return open_store(args.store, cache_dir=args.cache_dir, cache_size=args.cache_size)
+    return open_store(
+        args.store, cache_dir=args.cache_dir, cache_size=args.cache_size,
+        max_requests=args.max_requests, retry_seconds=args.retry_seconds,
+    )  # fmt: skip
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -287,6 +312,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         store=args.store, mountpoint=args.mountpoint, cache_dir=args.cache_dir,
         cache_size=args.cache_size, read_only=args.read_only, allow_other=args.allow_other,
         refresh_interval=args.refresh_interval, fuse_options=args.o or [],
+        max_requests=args.max_requests, retry_seconds=args.retry_seconds,
     )  # fmt: skip
     if args.foreground:
         run_foreground(opts, args.ready_fd)
@@ -305,7 +331,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from .mount import sync_staged
 
-    committed, failed = sync_staged(args.store, args.cache_dir)
+    committed, failed = sync_staged(
+        args.store, args.cache_dir, max_requests=args.max_requests, retry_seconds=args.retry_seconds
+    )
     for path in committed:
         print(f"committed {path}")
     for path in failed:
@@ -348,13 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("store", help="store URL: a path or file:///abs/path")
+    common.add_argument("store", help="store URL: a path, file:///abs/path or s3://bucket/prefix")
     common.add_argument(
         "--cache-dir", help="local block cache directory (default ~/.cache/modelfs/...)"
     )
     common.add_argument(
         "--cache-size", type=parse_size, default=DEFAULT_CACHE_SIZE, help="cache limit, e.g. 10G"
     )
+    common.add_argument(
+        "--max-requests", type=positive_int, default=DEFAULT_MAX_REQUESTS, metavar="N",
+        help=f"requests to the store in flight at once (default {DEFAULT_MAX_REQUESTS})",
+    )  # fmt: skip
+    common.add_argument(
+        "--retry-seconds", type=seconds, default=DEFAULT_MAX_ELAPSED, metavar="SECONDS",
+        help="how long to retry a failing request to an S3 store before giving up "
+        f"(default {DEFAULT_MAX_ELAPSED:.0f})",
+    )  # fmt: skip
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument(
         "--progress", action="store_true", help="show progress even when not on a terminal"

@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import blake3
 
@@ -32,7 +33,7 @@ from .errors import (
 from .reader import BlockReader, StoredFile
 from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version
 from .store.paths import normalize_path
-from .store.store import Progress, Source
+from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
 
 DEFAULT_CACHE_SIZE = 10 << 30
 
@@ -251,16 +252,29 @@ def open_store(
     cache_size: int = DEFAULT_CACHE_SIZE,
     use_disk_cache: bool = True,
     config: StoreConfig | None = None,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
+    retry_seconds: float | None = None,
 ) -> Client:
-    """Open the store at url; with create=True, make it first if it does not exist."""
+    """Open the store at url; with create=True, make it first if it does not exist.
+
+    max_requests: requests to the store in flight at once. retry_seconds: how
+    long a request to a network store is retried before it fails (s3:// only).
+    """
     if create:
         try:
             init_store(url, config)
         except AlreadyExistsError:
             pass
-    backend = open_backend(url)
+    s3_options: dict[str, Any] = {}
+    if urlparse(os.fspath(url)).scheme == "s3":
+        # Enough pooled connections for the readers plus a multipart upload's parts.
+        s3_options = {
+            "retry_seconds": retry_seconds,
+            "max_pool_connections": max(32, 2 * max_requests),
+        }
+    backend = open_backend(url, **s3_options)
     try:
-        store = Store.open(backend)
+        store = Store.open(backend, max_requests=max_requests)
     except ModelfsError:
         backend.close()
         raise

@@ -126,5 +126,11 @@ class BackendError(ModelfsError):
         self.temporary = temporary
 
 
+class PermissionDeniedError(BackendError):
+    """The store refused the credentials or the operation (HTTP 401/403): never retried."""
+
+    errno = _errno.EACCES
+
+
 class ReadOnlyError(ModelfsError):
     errno = _errno.EROFS

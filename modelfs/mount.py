@@ -18,11 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from .client import Client, open_store
 from .errors import ModelfsError
+from .store.store import DEFAULT_MAX_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class MountOptions:
     refresh_interval: float = 5.0
     readahead_kb: int = 4096
     fuse_options: list[str] = field(default_factory=list)
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    retry_seconds: float | None = None
 
 
 def runtime_dir() -> Path:
@@ -103,7 +107,10 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
     mounted = False
     try:
         check_mountpoint(opts.mountpoint)
-        client = open_store(opts.store, cache_dir=opts.cache_dir, cache_size=opts.cache_size)
+        client = open_store(
+            opts.store, cache_dir=opts.cache_dir, cache_size=opts.cache_size,
+            max_requests=opts.max_requests, retry_seconds=opts.retry_seconds,
+        )  # fmt: skip
         assert client.reader.disk_cache is not None
         staging = StagingArea(client.reader.disk_cache.directory / "staging")
         ops = Operations(
@@ -202,7 +209,9 @@ def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> N
     raise ModelfsError(text.removeprefix("error: ") or f"the mount daemon failed; see {log_file}")
 
 
-def sync_staged(store: str, cache_dir: str | None) -> tuple[list[str], list[str]]:
+def sync_staged(
+    store: str, cache_dir: str | None, **open_options: Any
+) -> tuple[list[str], list[str]]:
     """Commit what a stopped mount left staged in cache_dir: (committed paths, failed ones).
 
     Files closed but not uploaded are committed; partial writes are moved to
@@ -212,7 +221,7 @@ def sync_staged(store: str, cache_dir: str | None) -> tuple[list[str], list[str]
 
     committed: list[str] = []
     failed: list[str] = []
-    with open_store(store, cache_dir=cache_dir) as client:
+    with open_store(store, cache_dir=cache_dir, **open_options) as client:
         assert client.reader.disk_cache is not None
         staging = StagingArea(client.reader.disk_cache.directory / "staging")
         try:

@@ -68,7 +68,8 @@ def test_a_lost_compare_and_swap_is_not_retried() -> None:
     assert backend.get("ref") == b"1" and backend.retries == 0
 
 
-def test_retrying_stops_within_the_time_bound_with_a_clear_error() -> None:
+def test_retrying_stops_within_the_time_bound_with_a_clear_error(expect_warnings) -> None:
+    expect_warnings("has not answered")
     slept: list[float] = []
     inner = FlakyBackend(10**9, BackendError("connection refused", temporary=True))
     backend = RetryingBackend(inner, max_elapsed=2.0, sleep=slept.append, clock=lambda: sum(slept))
@@ -80,6 +81,28 @@ def test_retrying_stops_within_the_time_bound_with_a_clear_error() -> None:
     # Backoff grows and is jittered, but never sleeps past the bound in all.
     assert sum(slept) <= 2.0 and len(slept) >= 1
     assert all(0 <= d <= 5.0 for d in slept)
+
+
+def test_once_the_bound_is_spent_calls_fail_fast_until_the_store_answers(expect_warnings) -> None:
+    expect_warnings("has not answered", "answers again")
+    slept: list[float] = []
+    inner = FlakyBackend(10**9, BackendError("connection refused", temporary=True))
+    backend = RetryingBackend(inner, max_elapsed=2.0, sleep=slept.append, clock=lambda: sum(slept))
+    with pytest.raises(BackendError):
+        backend.get("k")
+    assert backend.unavailable
+    waited, calls = sum(slept), inner.calls
+    # Queued reads do not each wait out the bound again: one try, then EIO.
+    for _ in range(5):
+        with pytest.raises(BackendError, match="has not answered for"):
+            backend.get("k")
+    assert sum(slept) == waited and inner.calls == calls + 5
+    # The store comes back: the next call succeeds and normal retrying resumes.
+    inner.failures = 0
+    MemoryBackend.put(inner, "k", b"v")
+    assert backend.get("k") == b"v" and not backend.unavailable
+    inner.failures = 2
+    assert backend.get("k") == b"v" and inner.calls == calls + 5 + 1 + 3
 
 
 class UnconditionalBackend(MemoryBackend):

@@ -49,7 +49,9 @@ def open_backend(url: str | os.PathLike[str], *, create: bool = False, **s3_opti
     if parsed.scheme == "s3":
         from .s3 import S3Backend  # imported here: boto3 takes a while to import
 
-        max_elapsed = s3_options.pop("retry_seconds", DEFAULT_MAX_ELAPSED)
+        max_elapsed = s3_options.pop("retry_seconds", None)
+        if max_elapsed is None:
+            max_elapsed = DEFAULT_MAX_ELAPSED
         # Only network backends have temporary failures worth waiting out.
         return RetryingBackend(S3Backend.from_url(text, **s3_options), max_elapsed=max_elapsed)
     raise StoreNotFoundError(

@@ -5,8 +5,13 @@ dropped connection) is tried again after an exponentially growing, fully
 jittered delay, until it succeeds or `max_elapsed` seconds have passed since
 the first try; then the last error is raised, saying how long it was tried.
 Every other error (missing key, lost compare-and-swap, refused credentials)
-is raised at once. Backends themselves never retry, beyond what their client
-library does within one call.
+is raised at once. Backends themselves never retry (the S3 backend turns
+botocore's own retries off), so this is the only place that waits.
+
+Once a call has failed for the whole bound, the store counts as unavailable:
+later calls get one try each and fail at once, instead of every queued
+request waiting out the bound again (a mount's reads return EIO promptly).
+The first success clears it.
 
 Caveats:
 - A conditional put whose success reply was lost is retried and then reports
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -52,20 +58,35 @@ class RetryingBackend(Backend):
         self._sleep = sleep
         self._clock = clock
         self.retries = 0  # temporary failures retried, for stats
+        self._unavailable_since: float | None = None
+        self._state_lock = threading.Lock()
+
+    @property
+    def unavailable(self) -> bool:
+        """Whether a call has failed for the whole bound and none has succeeded since."""
+        return self._unavailable_since is not None
 
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         started = self._clock()
         attempt = 0
         while True:
             try:
-                return fn()
+                result = fn()
             except BackendError as e:
                 if not e.temporary:
                     raise
                 attempt += 1
                 elapsed = self._clock() - started
+                since = self._unavailable_since
+                if since is not None:
+                    raise BackendError(
+                        f"{what} {key!r} failed: the store has not answered for "
+                        f"{self._clock() - since + self.max_elapsed:.0f} s: {e}",
+                        temporary=True,
+                    ) from e
                 delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
                 if elapsed + delay > self.max_elapsed:
+                    self._set_unavailable(e)
                     raise BackendError(
                         f"{what} {key!r} failed for {elapsed:.1f} s ({attempt} tries): {e}",
                         temporary=True,
@@ -73,6 +94,25 @@ class RetryingBackend(Backend):
                 self.retries += 1
                 log.info("%s %r failed (%s); retry %d in %.2f s", what, key, e, attempt, delay)
                 self._sleep(delay)
+            else:
+                if self._unavailable_since is not None:
+                    self._set_available()
+                return result
+
+    def _set_unavailable(self, error: BackendError) -> None:
+        with self._state_lock:
+            if self._unavailable_since is None:
+                self._unavailable_since = self._clock()
+                log.warning(
+                    "%s has not answered for %.0f s (%s); failing requests until it answers",
+                    self.url, self.max_elapsed, error,
+                )  # fmt: skip
+
+    def _set_available(self) -> None:
+        with self._state_lock:
+            if self._unavailable_since is not None:
+                self._unavailable_since = None
+                log.warning("%s answers again", self.url)
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key, byte_range))

@@ -41,6 +41,7 @@ from ..errors import (
     ConflictError,
     ModelfsError,
     NotFoundError,
+    PermissionDeniedError,
     StoreNotFoundError,
 )
 from .base import Backend, BlobInfo, ByteRange, Data, check_key
@@ -53,6 +54,8 @@ PART_SIZE = 32 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's limit for every part but the last
 MAX_PARTS = 10_000
 UPLOAD_THREADS = 8
+CONNECT_TIMEOUT = 10.0  # seconds
+READ_TIMEOUT = 30.0  # seconds without a byte from the server
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _AUTH_CODES = {
@@ -118,6 +121,8 @@ class S3Backend(Backend):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         max_pool_connections: int = 32,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         client: Any = None,
@@ -143,7 +148,11 @@ class S3Backend(Backend):
                 aws_session_token=aws_session_token,
                 config=Config(
                     max_pool_connections=max_pool_connections,
-                    retries={"mode": "standard", "max_attempts": 3},
+                    # Retries happen in one place, RetryingBackend, within its time bound.
+                    retries={"mode": "standard", "total_max_attempts": 1},
+                    # Bounded waits: a hung server costs at most this per attempt.
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
                 ),
             )
         self._s3 = client
@@ -179,7 +188,7 @@ class S3Backend(Backend):
             if code in _NOT_FOUND_CODES or status == 404:
                 return NotFoundError(f"no blob {key!r} in {self.url}")
             if code in _AUTH_CODES or status in (401, 403):
-                return BackendError(
+                return PermissionDeniedError(
                     f"{doing} {where}: access denied ({code or status}); check the S3 "
                     "credentials and the bucket's permissions"
                 )

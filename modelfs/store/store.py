@@ -86,6 +86,8 @@ Progress = Callable[[int], None]
 # Neighbouring blocks of a pack closer than this are fetched in one request.
 COALESCE_GAP = 1 << 20
 COALESCE_MAX = 64 << 20
+# Requests to the backend in flight at once; chosen by scripts/bench.py --s3-requests.
+DEFAULT_MAX_REQUESTS = 8
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,16 @@ class FsckReport:
 
 
 class Store:
-    def __init__(self, backend: Backend, config: StoreConfig, *, io_threads: int = 8) -> None:
+    def __init__(
+        self, backend: Backend, config: StoreConfig, *, max_requests: int = DEFAULT_MAX_REQUESTS
+    ) -> None:
+        if max_requests < 1:
+            raise InvalidArgumentError(f"max_requests must be at least 1, not {max_requests}")
         self.backend = backend
         self.config = config
         self.index = BlockIndex()
-        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="modelfs-io")
+        # The requests to the backend in flight at once (ranged GETs, pack uploads).
+        self._io = ThreadPoolExecutor(max_requests, thread_name_prefix="modelfs-io")
         self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="modelfs-cpu")
         self._index_lock = threading.Lock()
         self._index_loaded = False
@@ -169,14 +176,14 @@ class Store:
         return cls(backend, config)
 
     @classmethod
-    def open(cls, backend: Backend) -> Store:
+    def open(cls, backend: Backend, *, max_requests: int = DEFAULT_MAX_REQUESTS) -> Store:
         try:
             data = backend.get(CONFIG_KEY)
         except NotFoundError:
             raise StoreNotFoundError(
                 f"no modelfs store at {backend.url} (run `modelfs init {backend.url}`)"
             ) from None
-        return cls(backend, StoreConfig.from_bytes(data))
+        return cls(backend, StoreConfig.from_bytes(data), max_requests=max_requests)
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
