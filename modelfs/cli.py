@@ -114,10 +114,18 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def s3_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "endpoint_url": args.endpoint_url, "region_name": args.region,
+        "profile_name": args.profile,
+    }  # fmt: skip
+
+
 def _open(args: argparse.Namespace) -> Client:
     return open_store(
         args.store, cache_dir=args.cache_dir, cache_size=args.cache_size,
         max_requests=args.max_requests, retry_seconds=args.retry_seconds,
+        s3_options=s3_options(args),
     )  # fmt: skip
 
 
@@ -129,7 +137,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         zstd_level=args.zstd_level,
         pack_size=args.pack_size,
     )
-    init_store(args.store, config, unsafe_single_writer=args.unsafe_single_writer)
+    init_store(
+        args.store, config, unsafe_single_writer=args.unsafe_single_writer,
+        s3_options=s3_options(args),
+    )  # fmt: skip
     print(f"initialised modelfs store at {args.store}")
     return 0
 
@@ -313,6 +324,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache_size=args.cache_size, read_only=args.read_only, allow_other=args.allow_other,
         refresh_interval=args.refresh_interval, fuse_options=args.o or [],
         max_requests=args.max_requests, retry_seconds=args.retry_seconds,
+        s3_options=s3_options(args),
     )  # fmt: skip
     if args.foreground:
         run_foreground(opts, args.ready_fd)
@@ -323,7 +335,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     log_file = args.log_file or os.path.join(
         args.cache_dir or str(default_cache_dir(args.store)), "mount.log"
     )
-    start_background(args.argv, log_file)
+    note = start_background(args.argv, log_file)
+    if note:
+        print(f"modelfs: {note}", file=sys.stderr)
     print(f"mounted {args.store} at {args.mountpoint} (log: {log_file})")
     return 0
 
@@ -332,8 +346,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from .mount import sync_staged
 
     committed, failed = sync_staged(
-        args.store, args.cache_dir, max_requests=args.max_requests, retry_seconds=args.retry_seconds
-    )
+        args.store, args.cache_dir, max_requests=args.max_requests,
+        retry_seconds=args.retry_seconds, s3_options=s3_options(args),
+    )  # fmt: skip
     for path in committed:
         print(f"committed {path}")
     for path in failed:
@@ -392,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to retry a failing request to an S3 store before giving up "
         f"(default {DEFAULT_MAX_ELAPSED:.0f})",
     )  # fmt: skip
+    common.add_argument(
+        "--endpoint-url", metavar="URL",
+        help="S3 endpoint (default: AWS_ENDPOINT_URL or the AWS configuration)",
+    )  # fmt: skip
+    common.add_argument("--region", help="S3 region (default: the AWS configuration)")
+    common.add_argument(
+        "--profile", help="AWS profile for the credentials (never pass secrets as arguments)"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument(
         "--progress", action="store_true", help="show progress even when not on a terminal"

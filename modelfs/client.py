@@ -229,14 +229,26 @@ class Client:
         return {**asdict(v), "deleted": v.deleted}
 
 
+def _s3_options(url: str | os.PathLike[str], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The S3 options that apply to url: none unless it is an s3:// URL."""
+    if urlparse(os.fspath(url)).scheme != "s3":
+        return {}
+    return {k: v for k, v in (given or {}).items() if v is not None}
+
+
 def init_store(
     url: str | os.PathLike[str],
     config: StoreConfig | None = None,
     *,
     unsafe_single_writer: bool = False,
+    s3_options: dict[str, Any] | None = None,
 ) -> None:
-    """Create an empty store at url (a missing local directory is created)."""
-    backend = open_backend(url, create=True)
+    """Create an empty store at url (a missing local directory is created).
+
+    s3_options: for s3:// URLs, what the AWS configuration would otherwise give
+    (endpoint_url, region_name, profile_name, aws_access_key_id, ...).
+    """
+    backend = open_backend(url, create=True, **_s3_options(url, s3_options))
     try:
         Store.create(backend, config, unsafe_single_writer=unsafe_single_writer).close()
     except ModelfsError:
@@ -254,25 +266,24 @@ def open_store(
     config: StoreConfig | None = None,
     max_requests: int = DEFAULT_MAX_REQUESTS,
     retry_seconds: float | None = None,
+    s3_options: dict[str, Any] | None = None,
 ) -> Client:
     """Open the store at url; with create=True, make it first if it does not exist.
 
     max_requests: requests to the store in flight at once. retry_seconds: how
     long a request to a network store is retried before it fails (s3:// only).
+    s3_options: as for init_store.
     """
     if create:
         try:
-            init_store(url, config)
+            init_store(url, config, s3_options=s3_options)
         except AlreadyExistsError:
             pass
-    s3_options: dict[str, Any] = {}
+    options = _s3_options(url, s3_options)
     if urlparse(os.fspath(url)).scheme == "s3":
         # Enough pooled connections for the readers plus a multipart upload's parts.
-        s3_options = {
-            "retry_seconds": retry_seconds,
-            "max_pool_connections": max(32, 2 * max_requests),
-        }
-    backend = open_backend(url, **s3_options)
+        options.update(retry_seconds=retry_seconds, max_pool_connections=max(32, 2 * max_requests))
+    backend = open_backend(url, **options)
     try:
         store = Store.open(backend, max_requests=max_requests)
     except ModelfsError:

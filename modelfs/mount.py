@@ -42,6 +42,7 @@ class MountOptions:
     fuse_options: list[str] = field(default_factory=list)
     max_requests: int = DEFAULT_MAX_REQUESTS
     retry_seconds: float | None = None
+    s3_options: dict[str, Any] = field(default_factory=dict)
 
 
 def runtime_dir() -> Path:
@@ -110,8 +111,17 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
         client = open_store(
             opts.store, cache_dir=opts.cache_dir, cache_size=opts.cache_size,
             max_requests=opts.max_requests, retry_seconds=opts.retry_seconds,
+            s3_options=opts.s3_options,
         )  # fmt: skip
         assert client.reader.disk_cache is not None
+        note = ""
+        if not opts.read_only and not client.store.can_write():
+            opts.read_only = True
+            note = (
+                f"{opts.store} refuses writes with these credentials (access denied): "
+                "mounted read-only"
+            )
+            log.warning("%s", note)
         staging = StagingArea(client.reader.disk_cache.directory / "staging")
         ops = Operations(
             client.store, client.reader, staging,
@@ -136,7 +146,7 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
         mounted = True
         pidf.write_text(str(os.getpid()))
         log.info("mounted %s at %s", opts.store, opts.mountpoint)
-        report("ready")
+        report(f"ready {note}".strip())
         if ready_fd is not None:
             os.close(ready_fd)
             ready_fd = None
@@ -180,8 +190,9 @@ async def _serve(real_mountpoint: str, readahead_kb: int) -> None:
         nursery.cancel_scope.cancel()
 
 
-def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> None:
-    """Run `modelfs mount ... --foreground` as a daemon; return when it is mounted."""
+def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> str:
+    """Run `modelfs mount ... --foreground` as a daemon; return when it is mounted,
+    with the daemon's note for the user ("" or why it mounted read-only)."""
     read_fd, write_fd = os.pipe()
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as logf:
@@ -200,8 +211,8 @@ def start_background(argv: list[str], log_file: str, timeout: float = 60.0) -> N
             if not chunk or chunk.endswith(b"\n"):
                 break
     text = message.decode(errors="replace").strip()
-    if text == "ready":
-        return
+    if text == "ready" or text.startswith("ready "):
+        return text.removeprefix("ready").strip()
     if proc.poll() is None and not text:
         proc.terminate()
         raise ModelfsError(f"the mount did not become ready in {timeout:.0f} s; see {log_file}")

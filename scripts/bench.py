@@ -19,8 +19,22 @@ so a slow or noisy machine moves both; each timed measurement is repeated
 5. With --s3: the same file written and read through a mount of a store on a
    real SeaweedFS started on loopback, against a plain boto3 download, with
    the S3 requests per GiB.
+6. With --s3-requests 1,2,4,8,16,32: the choice of --max-requests (the
+   requests to the store in flight at once). For each N, the file is read
+   cold from SeaweedFS through the Python API (open_store(max_requests=N),
+   a fresh empty cache) and through a fresh mount started with
+   --max-requests N, interleaved per repeat, with the GETs per GiB and the
+   ratio to the default N, and written by client.put (max_requests=N) into
+   a fresh empty store, so that every pack is uploaded. With --s3-latency-ms
+   MS, all of it reaches SeaweedFS through a loopback proxy that delays every
+   chunk by MS/2 each way (tests/faultproxy.py, in its own process): a round
+   trip of MS, as to a real S3 region, where requests in flight matter more
+   than on loopback. Without --s3 only this section runs, on a file of
+   --size 512M unless given; with --s3 it follows section 5 on its server.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
+    .venv/bin/python scripts/bench.py --s3-requests 1,2,4,8,16,32 [--size 512M] \
+        [--s3-latency-ms 20]
 
 Caveats:
 - Cold reads are only cold if the page cache can be dropped: as root through
@@ -33,6 +47,7 @@ Caveats:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -51,11 +66,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import zstandard
 
 import modelfs
 from modelfs.cli import parse_size
+from modelfs.store.store import DEFAULT_MAX_REQUESTS
 
 CHUNK = 16 << 20  # read size of every read measurement
 MB = 1e6  # throughput and sizes are reported in decimal megabytes
@@ -251,7 +268,10 @@ class PageCache:
         for p in paths:
             files = [p] if p.is_file() else [Path(d) / n for d, _, ns in os.walk(p) for n in ns]
             for file in files:
-                fd = os.open(file, os.O_RDONLY)
+                try:
+                    fd = os.open(file, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # removed meanwhile, by a server that owns the directory
                 try:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
@@ -462,11 +482,11 @@ def throughput(
     }
 
 
-def _mount(store: Path | str, mountpoint: Path, cache_dir: Path) -> None:
+def _mount(store: Path | str, mountpoint: Path, cache_dir: Path, *options: str) -> None:
     mountpoint.mkdir(exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "modelfs", "mount", str(store), str(mountpoint),
-         "--cache-dir", str(cache_dir)],
+         "--cache-dir", str(cache_dir), *options],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
 
@@ -608,16 +628,28 @@ def daemon_memory(
     return {"bytes": size, "seconds": wall, "daemon_peak_rss_bytes": peak}
 
 
-def s3_mount(
-    work: Path, big: Path, repeats: int, cache: PageCache, log: Callable[[str], None]
-) -> dict[str, Any]:
-    """The big file on a real SeaweedFS (started here, on loopback): written through a
-    mount, read cold through a fresh mount, against a plain boto3 download; S3 requests."""
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """os.environ with `values` set while inside (mount daemons started meanwhile inherit it)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def seaweedfs() -> Iterator[Any]:
+    """A SeaweedFS started on loopback by the tests' launcher, with the AWS_* environment
+    set for it (mount daemons inherit it) while inside; stopped and removed after."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from seaweed import start_seaweedfs  # the tests' launcher: loopback ports only
 
-    size = big.stat().st_size
-    gib = size / 2**30
     server = start_seaweedfs()
     saved_env = dict(os.environ)
     try:
@@ -625,48 +657,58 @@ def s3_mount(
             AWS_ENDPOINT_URL=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
             AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1",
         )  # fmt: skip
-        bucket = server.new_bucket()
-        url = f"s3://{bucket}/models"
-        modelfs.init_store(url)
-        mnt = work / "mnt-s3"
-
-        def stats() -> dict[str, Any]:
-            return json.loads((mnt / ".modelfs" / "stats").read_text())
-
-        _mount(url, mnt, work / "s3-cache-write")
-        try:
-            cache.warm(big)
-            wall_w, _ = timed(lambda: shutil.copyfile(big, mnt / "big.bin"))
-            written = stats()["store_requests"]
-        finally:
-            _umount(mnt)
-        reads, boto = [], []
-        requests_read: dict[str, int] = {}
-        client = server.client()
-        client.upload_file(str(big), bucket, "plain/big.bin")
-        for r in range(repeats):
-            log(f"s3 repeat {r + 1}/{repeats}")
-            disk_cache = work / f"s3-cache-read-{r}"
-            _mount(url, mnt, disk_cache)
-            try:
-                cache.drop(big)
-                reads.append(timed(lambda: read_plain(mnt / "big.bin"))[0])
-                requests_read = stats()["store_requests"]
-            finally:
-                _umount(mnt)
-            shutil.rmtree(disk_cache)
-
-            def download() -> None:
-                body = client.get_object(Bucket=bucket, Key="plain/big.bin")["Body"]
-                while body.read(CHUNK):
-                    pass
-
-            cache.drop(big)
-            boto.append(timed(download)[0])
+        yield server
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         server.stop()
+
+
+def s3_mount(
+    work: Path, big: Path, server: Any, repeats: int, cache: PageCache, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The big file on a real SeaweedFS: written through a mount, read cold through a
+    fresh mount, against a plain boto3 download; S3 requests."""
+    size = big.stat().st_size
+    gib = size / 2**30
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/models"
+    modelfs.init_store(url)
+    mnt = work / "mnt-s3"
+
+    def stats() -> dict[str, Any]:
+        return json.loads((mnt / ".modelfs" / "stats").read_text())
+
+    _mount(url, mnt, work / "s3-cache-write")
+    try:
+        cache.warm(big)
+        wall_w, _ = timed(lambda: shutil.copyfile(big, mnt / "big.bin"))
+        written = stats()["store_requests"]
+    finally:
+        _umount(mnt)
+    reads, boto = [], []
+    requests_read: dict[str, int] = {}
+    client = server.client()
+    client.upload_file(str(big), bucket, "plain/big.bin")
+    for r in range(repeats):
+        log(f"s3 repeat {r + 1}/{repeats}")
+        disk_cache = work / f"s3-cache-read-{r}"
+        _mount(url, mnt, disk_cache)
+        try:
+            cache.drop(big)
+            reads.append(timed(lambda: read_plain(mnt / "big.bin"))[0])
+            requests_read = stats()["store_requests"]
+        finally:
+            _umount(mnt)
+        shutil.rmtree(disk_cache)
+
+        def download() -> None:
+            body = client.get_object(Bucket=bucket, Key="plain/big.bin")["Body"]
+            while body.read(CHUNK):
+                pass
+
+        cache.drop(big)
+        boto.append(timed(download)[0])
     read_s, boto_s = statistics.median(reads), statistics.median(boto)
     return {
         "bytes": size,
@@ -677,6 +719,207 @@ def s3_mount(
         "requests_per_gib_written": {k: round(v / gib) for k, v in written.items()},
         "requests_per_gib_read": {k: round(v / gib) for k, v in requests_read.items()},
     }
+
+
+PROXY_MAIN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from faultproxy import FaultProxy
+with FaultProxy(sys.argv[2], latency=float(sys.argv[3])) as proxy:
+    print(proxy.endpoint, flush=True)
+    sys.stdin.read()  # serve until the benchmark closes this pipe (or dies)
+"""
+
+
+@contextlib.contextmanager
+def delayed_endpoint(upstream: str, rtt_ms: float) -> Iterator[str]:
+    """An endpoint that reaches `upstream` with `rtt_ms` added to every round trip.
+
+    The proxy runs in a process of its own, so that its copying does not compete
+    for this process's GIL with the client being measured.
+    """
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROXY_MAIN, tests, upstream, str(rtt_ms / 2000)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip()
+        if not endpoint:
+            raise RuntimeError(f"the latency proxy did not start (exit {proc.wait(10)})")
+        yield endpoint
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def smallest_near_best(mb_s: dict[int, float], within: float = 0.05) -> int:
+    """The smallest N whose throughput is within `within` of the best N's."""
+    best = max(mb_s.values())
+    return min(n for n, v in mb_s.items() if v >= (1 - within) * best)
+
+
+def s3_requests(
+    work: Path,
+    big: Path,
+    server: Any,
+    counts: list[int],
+    repeats: int,
+    cache: PageCache,
+    log: Callable[[str], None],
+    rtt_ms: float = 0.0,
+) -> dict[str, Any]:
+    """Cold whole-file reads from SeaweedFS with N requests to the store in flight at once,
+    for each N in counts: through the Python API and through a fresh mount, with the GETs;
+    and puts of the file through the API into a fresh store, with the PUTs.
+
+    Every N is measured in every repeat (its position rotating from repeat to repeat),
+    so drift in the machine's load hits all alike; a plain boto3 download is the baseline.
+    Cold: a new empty cache directory, a new client or daemon, the page cache dropped
+    (and with it SeaweedFS's files). Only the reads are timed, not opening or mounting.
+    A put goes into a new empty store (a new prefix in one bucket), so nothing dedups
+    and every pack is uploaded; its source is in the page cache, and it is timed to
+    the end of client.put (the version committed). With rtt_ms > 0 every request,
+    the baseline's too, goes through a proxy adding rtt_ms to each round trip; the
+    setup (the first upload of the file) does not.
+    """
+    size = big.stat().st_size
+    gib = size / 2**30
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/models"
+    path = "big.safetensors"
+    with modelfs.open_store(url, create=True, use_disk_cache=False) as client:
+        client.put(path, big)
+    server.client().upload_file(str(big), bucket, "plain/big.bin")
+    put_bucket = server.new_bucket()
+    data_dir = server.root / "data"  # what fadvise must drop; drop_caches drops it all
+    mnt = work / "mnt-s3-requests"
+    kinds = ("api", "mount", "put")
+    runs: dict[tuple[str, int], tuple[list[float], list[float]]] = {
+        (k, n): ([], []) for k in kinds for n in counts
+    }
+    requests: dict[tuple[str, int], list[dict[str, int]]] = {
+        (k, n): [] for k in kinds for n in counts
+    }
+    boto: tuple[list[float], list[float]] = ([], [])
+
+    def read_all(f: Any) -> None:
+        got = 0
+        while chunk := f.read(CHUNK):
+            got += len(chunk)
+        assert got == size, f"read {got} bytes of {size}"
+
+    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+    def record(kind: str, n: int, wall: float, cpu: float, reqs: dict[str, int]) -> None:
+        runs[kind, n][0].append(wall)
+        runs[kind, n][1].append(cpu)
+        requests[kind, n].append(reqs)
+        method = "PUT" if kind == "put" else "GET"
+        log(f"  {kind:<5} N={n:<3} {size / MB / wall:8.1f} MB/s  ({wall:.2f} s, "
+            f"{reqs.get(method, 0) / gib:.0f} {method}/GiB)")  # fmt: skip
+
+    def api(n: int, cache_dir: Path) -> None:
+        with modelfs.open_store(url, cache_dir=cache_dir, max_requests=n) as client:
+            backend = client.store.backend
+            with client.open(path) as f:
+                cache.drop(data_dir, big)
+                before = backend.request_counts()
+                wall, cpu = timed(lambda: read_all(f))
+                record("api", n, wall, cpu, delta(before, backend.request_counts()))
+
+    def mount(n: int, cache_dir: Path) -> None:
+        def stats() -> dict[str, int]:
+            return json.loads((mnt / ".modelfs" / "stats").read_text())["store_requests"]
+
+        _mount(url, mnt, cache_dir, "--max-requests", str(n))
+        try:
+            cache.drop(data_dir, big)
+            before = stats()
+
+            def read() -> None:
+                with open(mnt / path, "rb", buffering=0) as f:
+                    read_all(f)
+
+            wall, cpu = timed(read)  # cpu: this process only, not the daemon's
+            record("mount", n, wall, cpu, delta(before, stats()))
+        finally:
+            _umount(mnt)
+
+    def put(n: int, cache_dir: Path) -> None:
+        store_url = f"s3://{put_bucket}/put-{n}-{len(runs['put', n][0])}"
+        with modelfs.open_store(
+            store_url, create=True, cache_dir=cache_dir, max_requests=n
+        ) as client:
+            backend = client.store.backend
+            cache.warm(big)
+            before = backend.request_counts()
+            wall, cpu = timed(lambda: client.put(path, big))
+            record("put", n, wall, cpu, delta(before, backend.request_counts()))
+
+    def download() -> None:
+        plain = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        read_all(plain.get_object(Bucket=bucket, Key="plain/big.bin")["Body"])
+
+    with contextlib.ExitStack() as stack:
+        if rtt_ms > 0:
+            # Every client made from here on, and every mount daemon, takes its
+            # endpoint from the environment: point them all at the proxy.
+            endpoint = stack.enter_context(delayed_endpoint(server.endpoint, rtt_ms))
+            stack.enter_context(environment(AWS_ENDPOINT_URL=endpoint))
+        for r in range(repeats):
+            log(f"max-requests repeat {r + 1}/{repeats}")
+            cache.drop(data_dir, big)
+            wall, cpu = timed(download)
+            boto[0].append(wall)
+            boto[1].append(cpu)
+            log(f"  boto3 get_object {size / MB / wall:8.1f} MB/s  ({wall:.2f} s)")
+            k = r % len(counts)
+            for n in counts[k:] + counts[:k]:
+                for kind, measure in (("api", api), ("mount", mount), ("put", put)):
+                    cache_dir = work / f"s3-requests-cache-{kind}-{n}-{r}"
+                    try:
+                        measure(n, cache_dir)
+                    finally:
+                        shutil.rmtree(cache_dir, ignore_errors=True)
+
+    baseline = Timing(size, *boto)
+    out: dict[str, Any] = {
+        "bytes": size,
+        "counts": counts,
+        "default": DEFAULT_MAX_REQUESTS,
+        "rtt_ms": rtt_ms,
+        "read_chunk": CHUNK,
+        "boto3_get_object": baseline.to_json(),
+    }
+    for kind in kinds:
+        t = {n: Timing(size, *runs[kind, n]) for n in counts}
+        mb_s = {n: t[n].mb_s for n in counts}
+        default = mb_s[DEFAULT_MAX_REQUESTS]
+        out[kind] = {
+            str(n): {
+                **t[n].to_json(),
+                "vs_default": mb_s[n] / default,
+                **({} if kind == "put" else {"vs_boto3": mb_s[n] / baseline.mb_s}),
+                "requests_per_gib": {
+                    m: round(statistics.median(x.get(m, 0) for x in requests[kind, n]) / gib)
+                    for m in sorted({m for x in requests[kind, n] for m in x})
+                },
+            }
+            for n in counts
+        }
+        out[f"{kind}_smallest_within_5pct_of_best"] = smallest_near_best(mb_s)
+    out["smallest_within_5pct_of_best_for_all"] = max(
+        out[f"{kind}_smallest_within_5pct_of_best"] for kind in kinds
+    )
+    return out
 
 
 # machine and report
@@ -732,6 +975,45 @@ def fmt_mb(n: float) -> str:
     return f"{n / MB:.2f}"
 
 
+def report_s3_requests(sr: dict[str, Any]) -> list[str]:
+    d = sr["default"]
+    b = sr["boto3_get_object"]
+    rtt = sr.get("rtt_ms", 0)
+    link = f"through a proxy adding {rtt:g} ms to each round trip" if rtt else "direct, ~0 ms RTT"
+    kinds = (("api", "read, Python API", "GET"), ("mount", "read, mount", "GET"),
+             ("put", "put, Python API", "PUT"))  # fmt: skip
+    lines = [
+        "",
+        f"Requests to the store in flight at once (--max-requests N): {fmt_mb(sr['bytes'])} MB "
+        f"to and from SeaweedFS (same machine; {link})",
+        f"  (reads: cold, whole file, {sr['read_chunk'] >> 20} MiB at a time; puts: into a fresh "
+        f"empty store; a fresh cache and client or daemon each; ratio = MB/s / MB/s at N={d}, "
+        "the default)",
+        f"  {'':<5}" + " ".join(f"{label:^36}" for _, label, _ in kinds).rstrip(),
+        f"  {'N':<5}"
+        + " ".join(f"{'MB/s':>8}{'min-max':>12}{'ratio':>7}{m + '/GiB':>9}" for *_, m in kinds),
+    ]
+    for n in sr["counts"]:
+        cells = []
+        for kind, _, method in kinds:
+            x = sr[kind][str(n)]
+            spread = f"{x['min_mb_per_s']:.0f}-{x['max_mb_per_s']:.0f}"
+            reqs = x["requests_per_gib"].get(method, 0)
+            cells.append(
+                f"{x['median_mb_per_s']:>8.1f}{spread:>12}{x['vs_default']:>7.3f}{reqs:>9}"
+            )
+        lines.append(f"  {n:<5}" + " ".join(cells))
+    lines += [
+        f"  plain boto3 get_object stream: {b['median_mb_per_s']:.1f} MB/s "
+        f"({b['min_mb_per_s']:.0f}-{b['max_mb_per_s']:.0f})",
+        f"  smallest N within 5% of the best: API read {sr['api_smallest_within_5pct_of_best']}, "
+        f"mount read {sr['mount_smallest_within_5pct_of_best']}, "
+        f"put {sr['put_smallest_within_5pct_of_best']}; "
+        f"all three: {sr['smallest_within_5pct_of_best_for_all']}",
+    ]
+    return lines
+
+
 def report(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
     lines = [
@@ -742,125 +1024,142 @@ def report(res: dict[str, Any]) -> str:
         "  " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         f"  MB = 10^6 bytes; medians of {cfg['repeats']} repeats; page cache dropped with: "
         f"{cfg['page_cache_drop']}",
-        "",
-        f"Compression (stored bytes; ratio = raw / stored; zstd-{ZSTD_LEVEL} of the whole file)",
-        f"  {'file':<14}{'raw MB':>10}{'modelfs MB':>12}{'ratio':>8}{'zstd-3 MB':>11}{'ratio':>8}"
-        f"{'modelfs vs zstd':>17}",
     ]
-    for key, label in (("fp32", "MiniLM fp32"), ("bf16", "MiniLM bf16")):
-        c = res["compression"][key]
-        lines.append(
-            f"  {label:<14}{fmt_mb(c['raw_bytes']):>10}{fmt_mb(c['modelfs_stored_bytes']):>12}"
-            f"{c['modelfs_ratio']:>8.3f}{fmt_mb(c['zstd3_bytes']):>11}{c['zstd3_ratio']:>8.3f}"
-            f"{c['modelfs_vs_zstd3']:>16.3f}x"
-        )
-    for key in ("fp32", "bf16"):
-        c = res["compression"][key]
-        lines.append(
-            f"  ({key}: codecs {c['modelfs_codecs']}, whole store dir "
-            f"{fmt_mb(c['modelfs_store_dir_bytes'])} MB)"
-        )
-    d = res["dedup"]
-    lines += [
-        "",
-        f"Dedup (MiniLM fp32 with {d['changed_tensors']} of {d['tensors']} tensors fine-tuned: "
-        f"top layer dense weights and biases, w + {PERTURBATION:g}*std*noise)",
-        f"  copy size                 {fmt_mb(d['size']):>10} MB",
-        f"  bytes of changed tensors  {fmt_mb(d['changed_bytes']):>10} MB "
-        f"({d['changed_bytes'] / d['size']:.1%} of the file)",
-        f"  new blocks                {d['new_blocks']:>10} of {d['blocks']}, "
-        f"{fmt_mb(d['new_bytes'])} MB plaintext ({d['new_bytes_over_changed_bytes']:.3f}x the changed bytes)",
-        f"  uploaded for the copy     {fmt_mb(d['uploaded_bytes']):>10} MB "
-        f"({d['uploaded_fraction']:.1%} of its size; the base took {fmt_mb(d['base_uploaded_bytes'])} MB)",
-        f"  re-put of identical file  {d['identical_reput_uploaded_bytes']:>10} bytes uploaded",
-    ]
-    t = res["throughput"]
-    f = t["file"]
-    lines += [
-        "",
-        f"Throughput ({fmt_mb(f['bytes'])} MB {f['dtype']} safetensors, {f['tensors']} tensors from "
-        f"{f['minilm_copies']} perturbed MiniLM copies; stored {t['modelfs_ratio']:.3f}x smaller)",
-        f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'cpu/wall':>10}{'ratio':>8}",
-    ]
-    rows = [
-        ("cp_fsync", "copy + fsync (baseline)", None),
-        ("modelfs_put", "modelfs put (fresh store)", "put_vs_cp_fsync"),
-        ("plain_read_cold", "plain read, cold (baseline)", None),
-        ("plain_read_warm", "plain read, warm page cache", None),
-        ("modelfs_read_cold", "modelfs read, cold (empty cache)", "read_cold_vs_plain_cold"),
-        ("modelfs_read_warm", "modelfs read, warm (disk cache)", "read_warm_vs_plain_cold"),
-    ]
-    for key, label, ratio in rows:
-        x = t["timings"][key]
-        spread = f"{x['min_mb_per_s']:.1f}-{x['max_mb_per_s']:.1f}"
-        lines.append(
-            f"  {label:<40}{x['median_mb_per_s']:>9.1f}{spread:>18}{x['median_seconds']:>8.2f}"
-            f"{x['median_cpu_per_wall']:>10.2f}"
-            + (f"{t['ratios'][ratio]:>8.3f}" if ratio else f"{'1':>8}")
-        )
-    lines += [
-        f"  {'modelfs warm vs plain warm':<40}{'':>53}{t['ratios']['read_warm_vs_plain_warm']:>8.3f}",
-        "  (put and copy read a source in the page cache and end durable (fsync);"
-        f" reads are {CHUNK >> 20} MiB chunks;",
-        "   ratio = modelfs MB/s / baseline MB/s, of medians; cpu/wall up to "
-        f"{m['cpus_usable']} = all CPUs busy)",
-        f"  read back verified: dedup {d['read_back_verified']}, throughput {t['read_back_verified']};"
-        f" peak RSS {res['peak_rss_bytes'] / MB:.0f} MB ({res['peak_rss_before_throughput_bytes'] / MB:.0f} MB"
-        " before the throughput section)",
-    ]
-    if "mount" in res:
-        mt = res["mount"]
+    if "compression" in res:
         lines += [
             "",
-            f"Reads through a mount (the same file; sequential reads in {CHUNK >> 20} MiB chunks by a"
-            " separate process)",
-            f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'ratio':>8}",
+            f"Compression (stored bytes; ratio = raw / stored; zstd-{ZSTD_LEVEL} of the whole file)",
+            f"  {'file':<14}{'raw MB':>10}{'modelfs MB':>12}{'ratio':>8}{'zstd-3 MB':>11}{'ratio':>8}"
+            f"{'modelfs vs zstd':>17}",
         ]
-        for key, label, ratio in (
-            ("plain_read_cold", "plain read of the local file, cold", None),
-            ("mount_read_cold", "mount, cold (empty cache)", "cold_vs_plain_cold"),
-            (
-                "mount_read_disk_cache",
-                "mount, warm (disk cache, new daemon)",
-                "disk_cache_vs_plain_cold",
-            ),
-            ("mount_read_page_cache", "mount, re-read (kernel page cache)", None),
-        ):
-            x = mt["timings"][key]
+        for key, label in (("fp32", "MiniLM fp32"), ("bf16", "MiniLM bf16")):
+            c = res["compression"][key]
+            lines.append(
+                f"  {label:<14}{fmt_mb(c['raw_bytes']):>10}{fmt_mb(c['modelfs_stored_bytes']):>12}"
+                f"{c['modelfs_ratio']:>8.3f}{fmt_mb(c['zstd3_bytes']):>11}{c['zstd3_ratio']:>8.3f}"
+                f"{c['modelfs_vs_zstd3']:>16.3f}x"
+            )
+        for key in ("fp32", "bf16"):
+            c = res["compression"][key]
+            lines.append(
+                f"  ({key}: codecs {c['modelfs_codecs']}, whole store dir "
+                f"{fmt_mb(c['modelfs_store_dir_bytes'])} MB)"
+            )
+        d = res["dedup"]
+        lines += [
+            "",
+            f"Dedup (MiniLM fp32 with {d['changed_tensors']} of {d['tensors']} tensors fine-tuned: "
+            f"top layer dense weights and biases, w + {PERTURBATION:g}*std*noise)",
+            f"  copy size                 {fmt_mb(d['size']):>10} MB",
+            f"  bytes of changed tensors  {fmt_mb(d['changed_bytes']):>10} MB "
+            f"({d['changed_bytes'] / d['size']:.1%} of the file)",
+            f"  new blocks                {d['new_blocks']:>10} of {d['blocks']}, "
+            f"{fmt_mb(d['new_bytes'])} MB plaintext ({d['new_bytes_over_changed_bytes']:.3f}x the changed bytes)",
+            f"  uploaded for the copy     {fmt_mb(d['uploaded_bytes']):>10} MB "
+            f"({d['uploaded_fraction']:.1%} of its size; the base took {fmt_mb(d['base_uploaded_bytes'])} MB)",
+            f"  re-put of identical file  {d['identical_reput_uploaded_bytes']:>10} bytes uploaded",
+        ]
+        t = res["throughput"]
+        f = t["file"]
+        lines += [
+            "",
+            f"Throughput ({fmt_mb(f['bytes'])} MB {f['dtype']} safetensors, {f['tensors']} tensors from "
+            f"{f['minilm_copies']} perturbed MiniLM copies; stored {t['modelfs_ratio']:.3f}x smaller)",
+            f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'cpu/wall':>10}{'ratio':>8}",
+        ]
+        rows = [
+            ("cp_fsync", "copy + fsync (baseline)", None),
+            ("modelfs_put", "modelfs put (fresh store)", "put_vs_cp_fsync"),
+            ("plain_read_cold", "plain read, cold (baseline)", None),
+            ("plain_read_warm", "plain read, warm page cache", None),
+            ("modelfs_read_cold", "modelfs read, cold (empty cache)", "read_cold_vs_plain_cold"),
+            ("modelfs_read_warm", "modelfs read, warm (disk cache)", "read_warm_vs_plain_cold"),
+        ]
+        for key, label, ratio in rows:
+            x = t["timings"][key]
             spread = f"{x['min_mb_per_s']:.1f}-{x['max_mb_per_s']:.1f}"
             lines.append(
                 f"  {label:<40}{x['median_mb_per_s']:>9.1f}{spread:>18}{x['median_seconds']:>8.2f}"
-                + (f"{mt['ratios'][ratio]:>8.3f}" if ratio else f"{'':>8}")
-            )
-        so = mt["safe_open"]
-        if "daemon_memory" in res:
-            dm = res["daemon_memory"]
-            lines.append(
-                f"  daemon peak RSS reading {dm['bytes'] / 2**30:.1f} GiB of random bytes: "
-                f"{dm['daemon_peak_rss_bytes'] / 2**20:.0f} MiB ({dm['bytes'] / MB / dm['seconds']:.0f} MB/s)"
+                f"{x['median_cpu_per_wall']:>10.2f}"
+                + (f"{t['ratios'][ratio]:>8.3f}" if ratio else f"{'1':>8}")
             )
         lines += [
-            f"  daemon peak RSS {mt['daemon_peak_rss_bytes'] / MB:.0f} MB",
-            f"  safe_open + get_tensor({so['tensor']!r}, {so['tensor_bytes'] / MB:.2f} MB), cold: "
-            f"{so['bytes_fetched'] / MB:.2f} MB fetched, {so['fraction_of_file']:.2%} of the file",
+            f"  {'modelfs warm vs plain warm':<40}{'':>53}{t['ratios']['read_warm_vs_plain_warm']:>8.3f}",
+            "  (put and copy read a source in the page cache and end durable (fsync);"
+            f" reads are {CHUNK >> 20} MiB chunks;",
+            "   ratio = modelfs MB/s / baseline MB/s, of medians; cpu/wall up to "
+            f"{m['cpus_usable']} = all CPUs busy)",
+            f"  read back verified: dedup {d['read_back_verified']}, throughput {t['read_back_verified']};"
+            f" peak RSS {res['peak_rss_bytes'] / MB:.0f} MB ({res['peak_rss_before_throughput_bytes'] / MB:.0f} MB"
+            " before the throughput section)",
         ]
-    if "s3" in res:
-        s3 = res["s3"]
-        lines += [
-            "",
-            f"On SeaweedFS (s3://, same machine): {fmt_mb(s3['bytes'])} MB written through a mount at "
-            f"{s3['write_mb_per_s']:.0f} MB/s (durable at close), read cold through a fresh mount at "
-            f"{s3['read_cold_mb_per_s']:.0f} MB/s; a plain boto3 get_object stream "
-            f"{s3['boto3_get_object_mb_per_s']:.0f} MB/s; ratio {s3['read_vs_boto3']:.2f}",
-            f"  S3 requests per GiB written {s3['requests_per_gib_written']}, "
-            f"per GiB read {s3['requests_per_gib_read']}",
-        ]
+        if "mount" in res:
+            mt = res["mount"]
+            lines += [
+                "",
+                f"Reads through a mount (the same file; sequential reads in {CHUNK >> 20} MiB chunks by a"
+                " separate process)",
+                f"  {'measurement':<40}{'MB/s':>9}{'min-max':>18}{'s':>8}{'ratio':>8}",
+            ]
+            for key, label, ratio in (
+                ("plain_read_cold", "plain read of the local file, cold", None),
+                ("mount_read_cold", "mount, cold (empty cache)", "cold_vs_plain_cold"),
+                (
+                    "mount_read_disk_cache",
+                    "mount, warm (disk cache, new daemon)",
+                    "disk_cache_vs_plain_cold",
+                ),
+                ("mount_read_page_cache", "mount, re-read (kernel page cache)", None),
+            ):
+                x = mt["timings"][key]
+                spread = f"{x['min_mb_per_s']:.1f}-{x['max_mb_per_s']:.1f}"
+                lines.append(
+                    f"  {label:<40}{x['median_mb_per_s']:>9.1f}{spread:>18}{x['median_seconds']:>8.2f}"
+                    + (f"{mt['ratios'][ratio]:>8.3f}" if ratio else f"{'':>8}")
+                )
+            so = mt["safe_open"]
+            if "daemon_memory" in res:
+                dm = res["daemon_memory"]
+                lines.append(
+                    f"  daemon peak RSS reading {dm['bytes'] / 2**30:.1f} GiB of random bytes: "
+                    f"{dm['daemon_peak_rss_bytes'] / 2**20:.0f} MiB ({dm['bytes'] / MB / dm['seconds']:.0f} MB/s)"
+                )
+            lines += [
+                f"  daemon peak RSS {mt['daemon_peak_rss_bytes'] / MB:.0f} MB",
+                f"  safe_open + get_tensor({so['tensor']!r}, {so['tensor_bytes'] / MB:.2f} MB), cold: "
+                f"{so['bytes_fetched'] / MB:.2f} MB fetched, {so['fraction_of_file']:.2%} of the file",
+            ]
+        if "s3" in res:
+            s3 = res["s3"]
+            lines += [
+                "",
+                f"On SeaweedFS (s3://, same machine): {fmt_mb(s3['bytes'])} MB written through a mount at "
+                f"{s3['write_mb_per_s']:.0f} MB/s (durable at close), read cold through a fresh mount at "
+                f"{s3['read_cold_mb_per_s']:.0f} MB/s; a plain boto3 get_object stream "
+                f"{s3['boto3_get_object_mb_per_s']:.0f} MB/s; ratio {s3['read_vs_boto3']:.2f}",
+                f"  S3 requests per GiB written {s3['requests_per_gib_written']}, "
+                f"per GiB read {s3['requests_per_gib_read']}",
+            ]
+    if "s3_requests" in res:
+        lines += report_s3_requests(res["s3_requests"])
     return "\n".join(lines)
+
+
+def request_counts(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]: positive whole numbers."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"request counts must be at least 1: {text!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=1 << 30, help="throughput file size (1G)")
+    p.add_argument("--size", type=parse_size,
+                   help="throughput file size (1G; 512M with --s3-requests alone)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="runs of each timed measurement (3)")
     p.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
@@ -873,6 +1172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mount", action="store_true", help="skip the reads through a FUSE mount")
     p.add_argument("--s3", action="store_true",
                    help="also write and read the file through a mount of a SeaweedFS store")  # fmt: skip
+    p.add_argument("--s3-requests", type=request_counts, metavar="LIST",
+                   help="read the file cold from SeaweedFS with each --max-requests N in LIST "
+                   f"(e.g. 1,2,4,8,16,32; {DEFAULT_MAX_REQUESTS}, the default, is always added); "
+                   "without --s3, only this runs")  # fmt: skip
+    p.add_argument("--s3-latency-ms", type=float, default=0.0, metavar="MS",
+                   help="with --s3-requests: reach SeaweedFS through a proxy adding MS to each "
+                   "round trip (MS/2 each way), as a real S3 region would (default 0)")  # fmt: skip
     p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
@@ -880,6 +1186,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.s3_latency_ms < 0:
+        p.error("--s3-latency-ms must not be negative")
+    if args.s3_latency_ms and args.s3_requests is None:
+        p.error("--s3-latency-ms applies to the --s3-requests sweep; give --s3-requests too")
+    sweep_only = args.s3_requests is not None and not args.s3
+    if args.s3_requests is not None:
+        if args.no_mount:
+            p.error("--s3-requests reads through a mount too; it cannot go with --no-mount")
+        args.s3_requests = sorted({*args.s3_requests, DEFAULT_MAX_REQUESTS})
+    if args.size is None:
+        args.size = 512 << 20 if sweep_only else 1 << 30
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -894,34 +1211,62 @@ def main(argv: list[str] | None = None) -> int:
         res["config"] = {
             "size": args.size, "repeats": args.repeats, "seed": args.seed,
             "read_chunk": CHUNK, "page_cache_drop": cache.method, "workdir": str(work),
+            "s3_requests": args.s3_requests, "s3_latency_ms": args.s3_latency_ms,
         }  # fmt: skip
         rng = np.random.default_rng(args.seed)
         fp32 = minilm_path()
-        bf16 = work / "minilm-bf16.safetensors"
-        make_bf16(fp32, bf16)
-
-        log("compression")
-        res["compression"] = {
-            "fp32": compression(work, fp32, "fp32"),
-            "bf16": compression(work, bf16, "bf16"),
-        }
-        log("dedup")
-        res["dedup"] = dedup(work, fp32, rng)
+        if not sweep_only:
+            bf16 = work / "minilm-bf16.safetensors"
+            make_bf16(fp32, bf16)
+            log("compression")
+            res["compression"] = {
+                "fp32": compression(work, fp32, "fp32"),
+                "bf16": compression(work, bf16, "bf16"),
+            }
+            log("dedup")
+            res["dedup"] = dedup(work, fp32, rng)
 
         log(f"generating {args.size / MB:.1f} MB of perturbed fp32 tensors")
         big = work / "big.safetensors"
         file_info = make_big_file(fp32, big, args.size, rng)
-        res["peak_rss_before_throughput_bytes"] = (
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        )
-        res["throughput"] = {"file": file_info, **throughput(work, big, args.repeats, cache, log)}
-        res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if not args.no_mount:
+
+        def sweep(server: Any) -> None:
+            log("cold reads and puts on SeaweedFS with each number of requests in flight")
+            res["s3_requests"] = {
+                "file": file_info,
+                **s3_requests(
+                    work,
+                    big,
+                    server,
+                    args.s3_requests,
+                    args.repeats,
+                    cache,
+                    log,
+                    args.s3_latency_ms,
+                ),  # fmt: skip
+            }
+
+        if sweep_only:
+            with seaweedfs() as server:
+                sweep(server)
+        else:
+            res["peak_rss_before_throughput_bytes"] = (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            )
+            res["throughput"] = {
+                "file": file_info,
+                **throughput(work, big, args.repeats, cache, log),
+            }
+            res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if not sweep_only and not args.no_mount:
             log("reads through a mount")
             res["mount"] = mount_reads(work, big, args.repeats, cache, log)
             if args.s3:
-                log("the same file on SeaweedFS, through a mount")
-                res["s3"] = s3_mount(work, big, args.repeats, cache, log)
+                with seaweedfs() as server:
+                    log("the same file on SeaweedFS, through a mount")
+                    res["s3"] = s3_mount(work, big, server, args.repeats, cache, log)
+                    if args.s3_requests:
+                        sweep(server)
             if args.rss_size:
                 big.unlink()  # room for the next file
                 log(f"daemon memory while reading {args.rss_size / MB:.0f} MB of random bytes")

@@ -13,12 +13,14 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from seaweed import REGION, SeaweedFS, start_seaweedfs
+from storeobjects import StoreObjects
 
 import modelfs
 from modelfs.backends import Backend, LocalBackend, MemoryBackend
@@ -70,12 +72,27 @@ def minilm_bytes(minilm_path: Path) -> bytes:
     return minilm_path.read_bytes()
 
 
-@pytest.fixture(scope="session")
-def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> str:
-    """A store holding MiniLM at minilm/model.safetensors, shared by tests that only read it."""
+STORE_KINDS = ["file", "s3"]
+
+
+def new_store_url(kind: str, request: pytest.FixtureRequest, local_dir: Path) -> str:
+    """The URL of a new, empty store: file:// in local_dir, or s3:// on a new SeaweedFS bucket."""
+    if kind == "s3":
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex[:16]}"
+    else:
+        url = f"file://{local_dir / 'store'}"
+    modelfs.init_store(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=STORE_KINDS)
+def minilm_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, minilm_path: Path
+) -> str:
+    """A store on each backend holding MiniLM at minilm/model.safetensors, for tests that only read it."""
     base = tmp_path_factory.mktemp("minilm-store")
-    url = str(base / "store")
-    with modelfs.open_store(url, create=True, cache_dir=base / "cache") as c:
+    url = new_store_url(request.param, request, base)
+    with modelfs.open_store(url, cache_dir=base / "cache") as c:
         c.put("minilm/model.safetensors", minilm_path)
     return url
 
@@ -112,25 +129,51 @@ def minilm_bf16_path(tmp_path_factory: pytest.TempPathFactory, minilm_tensors) -
     return path
 
 
+def aws_environment(server: SeaweedFS, home: Path) -> dict[str, str]:
+    """The AWS_* variables that point boto3 (and so modelfs) at server, as users configure S3."""
+    return {
+        "AWS_ENDPOINT_URL": server.endpoint,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        # No profile files: only the environment counts.
+        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+    }
+
+
 @pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[SeaweedFS]:
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """One SeaweedFS (S3 on a loopback port) for the whole session; tests make their own buckets.
 
+    While it runs, the AWS_* environment points at it, so s3:// stores open
+    with no options in this process, in CLI subprocesses and in mount daemons.
     If it cannot start, every test using it fails with the server's log.
     """
     server = start_seaweedfs()
     try:
-        yield server
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in aws_environment(server, tmp_path_factory.mktemp("aws")).items():
+                mp.setenv(name, value)
+            yield server
     finally:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(seaweedfs: SeaweedFS) -> str:
+    """One bucket for the session's stores, each under a prefix of its own (as users keep
+    many stores in one bucket). A bucket per test would be a SeaweedFS collection per
+    test, each growing volumes of its own, until the server has no room for more."""
+    return seaweedfs.new_bucket()
+
+
 @pytest.fixture
-def s3_backend(seaweedfs: SeaweedFS) -> Iterator[S3Backend]:
-    """An S3Backend on a fresh SeaweedFS bucket, under a prefix (as stores usually are)."""
+def s3_backend(seaweedfs: SeaweedFS, s3_bucket: str) -> Iterator[S3Backend]:
+    """An S3Backend under a fresh prefix of the session's bucket (as stores usually are)."""
     b = S3Backend(
-        seaweedfs.new_bucket(),
-        "store",
+        s3_bucket,
+        f"{uuid.uuid4().hex[:16]}/store",
         endpoint_url=seaweedfs.endpoint,
         region_name=REGION,
         aws_access_key_id=seaweedfs.access_key,
@@ -144,19 +187,15 @@ def s3_backend(seaweedfs: SeaweedFS) -> Iterator[S3Backend]:
 def aws_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SeaweedFS:
     """SeaweedFS configured as users configure S3: through AWS_* environment variables
     only (no profile files), which mount daemons and CLI subprocesses inherit."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name, value in aws_environment(seaweedfs, tmp_path).items():
+        monkeypatch.setenv(name, value)
     return seaweedfs
 
 
 @pytest.fixture
-def s3_store_url(aws_env: SeaweedFS) -> str:
+def s3_store_url(aws_env: SeaweedFS, s3_bucket: str) -> str:
     """The s3:// URL of a new, empty store on SeaweedFS, reached through the AWS environment."""
-    url = f"s3://{aws_env.new_bucket()}/models"
+    url = f"s3://{s3_bucket}/{uuid.uuid4().hex[:16]}"
     modelfs.init_store(url)
     return url
 
@@ -176,17 +215,30 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     b.close()
 
 
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store: the store, API, CLI and mount tests run on each backend."""
+    return new_store_url(request.param, request, tmp_path)
+
+
 @pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    """The URL of a new, empty store on local disk."""
+def local_store_url(tmp_path: Path) -> str:
+    """A new, empty store on local disk, for tests about the local directory itself."""
     url = str(tmp_path / "store")
     modelfs.init_store(url)
     return url
 
 
 @pytest.fixture
+def store_objects(store_url: str) -> Iterator[StoreObjects]:
+    """The raw objects of store_url, to inspect and damage whatever the backend."""
+    with StoreObjects(store_url) as objects:
+        yield objects
+
+
+@pytest.fixture
 def client(store_url: str, tmp_path: Path) -> Iterator[modelfs.Client]:
-    """An open store on local disk with its own disk cache."""
+    """An open store (on each backend) with its own disk cache."""
     c = modelfs.open_store(store_url, cache_dir=tmp_path / "cache")
     yield c
     c.close()
@@ -196,7 +248,12 @@ class CLI:
     """Runs `python -m modelfs` as a user would, with an isolated cache directory."""
 
     def __init__(self, cache_home: Path) -> None:
-        self.env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+        self.cache_home = cache_home
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Read at each call: fixtures set up later (SeaweedFS's AWS_*) count too.
+        return {**os.environ, "XDG_CACHE_HOME": str(self.cache_home)}
 
     def __call__(
         self, *args: str, input: bytes | None = None, check: bool = True
@@ -225,9 +282,15 @@ def mount_store(tmp_path: Path) -> Iterator:
     mounts = []
     tolerant: set[int] = set()
 
-    def start(url: str, *args: str, name: str | None = None, allow_errors: bool = False):
+    def start(
+        url: str,
+        *args: str,
+        name: str | None = None,
+        allow_errors: bool = False,
+        env: dict[str, str] | None = None,
+    ):
         label = name or f"mnt{len(mounts)}"
-        m = start_mount(url, tmp_path / label, tmp_path / f"{label}-cache", *args)
+        m = start_mount(url, tmp_path / label, tmp_path / f"{label}-cache", *args, env=env)
         mounts.append(m)
         if allow_errors:
             tolerant.add(len(mounts) - 1)

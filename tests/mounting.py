@@ -26,6 +26,7 @@ class Mount:
     path: Path
     cache_dir: Path
     args: list[str] = field(default_factory=list)
+    output: str = ""  # what `modelfs mount` printed (stdout and stderr)
 
     @property
     def log(self) -> str:
@@ -66,14 +67,19 @@ def _is_mounted(path: Path) -> bool:
         return any(line.split()[1] == target for line in f)
 
 
-def start_mount(store: str, mountpoint: Path, cache_dir: Path, *args: str) -> Mount:
+def start_mount(
+    store: str, mountpoint: Path, cache_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Mount:
+    """Mount with `modelfs mount`; env adds or replaces variables of the daemon's environment."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "modelfs", "mount", store, str(mountpoint),
         "--cache-dir", str(cache_dir), "--refresh-interval", "0.2", *args,
     ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    m = Mount(store, mountpoint, cache_dir, list(args))
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+    m = Mount(store, mountpoint, cache_dir, list(args), proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"mount failed ({proc.returncode}): {proc.stderr}\n{m.log}")
     return m

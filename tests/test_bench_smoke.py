@@ -18,8 +18,9 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     work = tmp_path / "work"
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
-         "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3"],
-        capture_output=True, text=True, timeout=120,
+         "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3",
+         "--s3-requests", "2", "--s3-latency-ms", "2"],
+        capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Compression" in proc.stdout and "Throughput" in proc.stdout
@@ -58,3 +59,15 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     assert s3["write_mb_per_s"] > 0 and s3["read_cold_mb_per_s"] > 0
     assert s3["boto3_get_object_mb_per_s"] > 0
     assert s3["requests_per_gib_written"]["PUT"] > 0 and s3["requests_per_gib_read"]["GET"] > 0
+
+    sr = res["s3_requests"]
+    assert sr["counts"] == [2, sr["default"]], "the default N is always measured"
+    assert "Requests to the store in flight" in proc.stdout
+    assert sr["rtt_ms"] == 2  # through the latency proxy
+    for kind, method in (("api", "GET"), ("mount", "GET"), ("put", "PUT")):
+        for n in sr["counts"]:
+            x = sr[kind][str(n)]
+            assert x["median_mb_per_s"] > 0 and x["requests_per_gib"][method] > 0, (kind, n)
+        assert sr[kind][str(sr["default"])]["vs_default"] == 1
+        assert sr[f"{kind}_smallest_within_5pct_of_best"] in sr["counts"]
+    assert sr["smallest_within_5pct_of_best_for_all"] in sr["counts"]

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import CLI, flip_byte, sha256
+from conftest import CLI, sha256
+from storeobjects import StoreObjects
 
 import modelfs
 from modelfs.models import encode_model
@@ -30,14 +31,15 @@ def as_json(proc) -> object:
     return json.loads(proc.stdout)
 
 
-def store_objects(store: str | Path) -> dict[str, tuple[int, int]]:
-    """Every object of a local store with its size and mtime: any write shows up here."""
-    root = Path(store)
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+def store_objects(store: str | Path) -> dict[str, tuple[object, ...]]:
+    """Every object of a store (local or S3) with what changes when it is written."""
+    with StoreObjects(str(store)) as objects:
+        return objects.snapshot()
+
+
+def flip_byte(store: str, key: str, offset: int) -> None:
+    with StoreObjects(store) as objects:
+        objects.flip_byte(key, offset)
 
 
 def middle_block(store: str) -> SimpleNamespace:
@@ -47,7 +49,7 @@ def middle_block(store: str) -> SimpleNamespace:
     b = m.blocks[len(m.blocks) // 2]
     return SimpleNamespace(
         file_offset=b.file_offset,
-        pack=Path(store) / pack_key(b.location.pack),
+        pack=pack_key(b.location.pack),
         pack_offset=b.location.offset,
     )
 
@@ -318,7 +320,7 @@ def test_fsck_passes_a_good_store_and_fails_after_a_corrupt_pack_byte(
     assert "no problems found" in good.stdout.decode()
 
     block = middle_block(minilm_store)
-    flip_byte(block.pack, block.pack_offset + 5)
+    flip_byte(minilm_store, block.pack, block.pack_offset + 5)
     bad = cli("fsck", minilm_store, check=False)
 
     assert bad.returncode == 3
@@ -421,10 +423,10 @@ def test_a_missing_store_is_refused_and_not_created(cli: CLI, tmp_path: Path) ->
 def test_a_store_of_a_newer_format_is_refused_and_left_alone(
     cli: CLI, small_store: SimpleNamespace, tmp_path: Path
 ) -> None:
-    config = Path(small_store.store) / "config"
-    doc = json.loads(config.read_bytes())
-    doc["version"] += 1
-    config.write_text(json.dumps(doc))
+    with StoreObjects(small_store.store) as store_objects_:
+        doc = json.loads(store_objects_.read("config"))
+        doc["version"] += 1
+        store_objects_.write("config", json.dumps(doc).encode())
     objects = store_objects(small_store.store)
 
     for args in (
@@ -444,7 +446,7 @@ def test_get_of_a_corrupt_block_leaves_no_destination_file(
     cli: CLI, minilm_store: str, tmp_path: Path
 ) -> None:
     block = middle_block(minilm_store)
-    flip_byte(block.pack, block.pack_offset + 5)
+    flip_byte(minilm_store, block.pack, block.pack_offset + 5)
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "existing.safetensors").write_bytes(b"an older download")

@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import flip_byte, sha256
+from conftest import sha256
+from storeobjects import StoreObjects
 
 import modelfs
+from modelfs.store.format import pack_key
 
 MiB = 1 << 20
 
@@ -46,22 +48,15 @@ def other_client(store_url: str, tmp_path: Path) -> Iterator[modelfs.Client]:
 
 
 def stored_objects(store_url: str, *prefixes: str) -> set[str]:
-    """Keys of every blob under these prefixes of a local store (packs, index, ...)."""
-    root = Path(store_url)
-    return {
-        str(p.relative_to(root)) for prefix in prefixes for p in (root / prefix).rglob("*")
-        if p.is_file()
-    }  # fmt: skip
+    """Keys of every object under these prefixes of a store (packs/, index/, ...)."""
+    with StoreObjects(store_url) as objects:
+        return objects.keys(*(p.rstrip("/") + "/" for p in prefixes))
 
 
-def store_snapshot(store_url: str) -> dict[str, tuple[int, int]]:
-    """Every blob of a local store with its size and mtime: any write changes it."""
-    root = Path(store_url)
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).parts[0].startswith(".")
-    }
+def store_snapshot(store_url: str) -> dict[str, tuple[object, ...]]:
+    """Every object of a store with what changes when it is written."""
+    with StoreObjects(store_url) as objects:
+        return objects.snapshot()
 
 
 def history_sizes(store_url: str, tmp_path: Path, path: str) -> list[int | None]:
@@ -783,8 +778,10 @@ def test_corrupt_block_gives_eio_and_never_wrong_bytes(
         blocks = c.store.manifest("model.bin").blocks
     assert len(blocks) >= 4
     bad = blocks[-2]
-    pack_file = Path(store_url) / "packs" / bad.location.pack[:2] / bad.location.pack
-    flip_byte(pack_file, bad.location.offset + bad.location.stored_length // 2)
+    with StoreObjects(store_url) as objects:
+        objects.flip_byte(
+            pack_key(bad.location.pack), bad.location.offset + bad.location.stored_length // 2
+        )
     m = mount_store(store_url, allow_errors=True)  # a fresh cache: every block is fetched
     with open(m.path / "model.bin", "rb", buffering=0) as f:
         e = pytest.raises(OSError, os.pread, f.fileno(), 4096, bad.file_offset + 100)

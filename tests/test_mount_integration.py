@@ -9,26 +9,32 @@ holds afterwards, and what the daemon costs.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import MINILM, sha256
+from faultproxy import FaultProxy
 from mounting import wait_until
+from storeobjects import StoreObjects
 
 import modelfs
 from modelfs.store.refs import Version
 
+MiB = 1 << 20
 MINILM_DIR = MINILM.parent  # config.json, tokenizer files and model.safetensors
 JAVA_SOURCE = Path(__file__).parent / "java" / "ReadModel.java"
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -401,28 +407,90 @@ def test_kill_9_during_a_write_keeps_the_old_version_and_recovers_the_partial_da
     assert (m2.path / "model.bin").read_bytes() == old
 
 
-def write_with_a_failed_upload(m, store_url: str, name: str, data: bytes) -> None:
-    """Write a file through mount m while the store refuses new packs; then unmount m.
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def set_immutable(path: Path, on: bool) -> None:
+    """chattr +i / -i without running chattr: a child process would inherit, and on exec
+    close, the test's open file in the mount, and that close would flush (commit) it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+        flags = flags | FS_IMMUTABLE_FL if on else flags & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags))
+    finally:
+        os.close(fd)
+
+
+class Outage:
+    """The store stops taking writes from one mount, as a full or failing store would.
+
+    Local store: packs/ becomes immutable (chmod would not stop root; chattr +i
+    does). S3 store: the mount reaches SeaweedFS through a FaultProxy, and the
+    outage cuts it. Either way the test's own clients keep the direct path.
+    """
+
+    def __init__(self, store_url: str) -> None:
+        self.store_url = store_url
+        self.proxy: FaultProxy | None = None
+        if store_url.startswith("s3://"):
+            self.proxy = FaultProxy(os.environ["AWS_ENDPOINT_URL"])
+
+    def mount(self, mount_store, *args: str, **kwargs):
+        """A mount that gives up on a request after 2 s of failures (not 60)."""
+        env = {"AWS_ENDPOINT_URL": self.proxy.endpoint} if self.proxy else None
+        return mount_store(self.store_url, "--retry-seconds", "2", *args, env=env, **kwargs)
+
+    def _packs(self) -> list[Path]:
+        root = Path(self.store_url.removeprefix("file://")) / "packs"
+        root.mkdir(exist_ok=True)
+        return [root, *root.iterdir()]
+
+    @contextmanager
+    def during(self) -> Iterator[None]:
+        if self.proxy:
+            self.proxy.down()
+        else:
+            for p in self._packs():
+                set_immutable(p, True)
+        try:
+            yield
+        finally:
+            if self.proxy:
+                self.proxy.up()
+            else:
+                for p in self._packs():
+                    set_immutable(p, False)
+
+    def close(self) -> None:
+        if self.proxy:
+            self.proxy.close()
+
+
+@pytest.fixture
+def outage(store_url: str) -> Iterator[Outage]:
+    o = Outage(store_url)
+    yield o
+    o.close()
+
+
+def write_with_a_failed_upload(m, outage: Outage, name: str, data: bytes) -> None:
+    """Write a file through mount m while the store refuses its uploads; then unmount m.
 
     close() must fail with EIO, and the data must stay staged, uncommitted.
     """
+    store_url = outage.store_url
     before = [v.version for v in history(store_url, name)]
-    # chmod 0555 would not stop the daemon (root passes permission checks); the
-    # immutable attribute stops root too.
-    packs = [Path(store_url) / "packs", *(Path(store_url) / "packs").iterdir()]
-    subprocess.run(["chattr", "+i", *map(str, packs)], check=True)
-    try:
-        f = open(m.path / name, "wb")  # noqa: SIM115 - its close is what is tested
-        f.write(data)
+    f = open(m.path / name, "wb")  # noqa: SIM115 - its close is what is tested
+    f.write(data)  # staged locally: no request to the store yet
+    with outage.during():
         with pytest.raises(OSError) as failed:
             f.close()
         assert failed.value.errno == errno.EIO
         # The release after close tries once more and fails too; then the file waits.
-        assert wait_until(lambda: m.stats()["commit_errors"] >= 2, timeout=10)
+        assert wait_until(lambda: m.stats()["commit_errors"] >= 2, timeout=20)
         assert m.stats()["files_being_written"] == 1
-    finally:
-        subprocess.run(["chattr", "-i", *map(str, packs)], check=True)
-    assert [v.version for v in history(store_url, name)] == before
+        assert [v.version for v in history(store_url, name)] == before
     proc = m.unmount()
     assert proc.returncode == 0, proc.stderr
     assert [v.version for v in history(store_url, name)] == before
@@ -430,13 +498,13 @@ def write_with_a_failed_upload(m, store_url: str, name: str, data: bytes) -> Non
 
 @needs_root
 def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
-    store_url: str, mount_store, tmp_path: Path
+    store_url: str, mount_store, outage: Outage, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(10)
     old, new = rng.bytes(1 << 20), rng.bytes(3 << 20)
     put(store_url, "model.bin", old, tmp_path)
-    m = mount_store(store_url, name="m", allow_errors=True)
-    write_with_a_failed_upload(m, store_url, "model.bin", new)
+    m = outage.mount(mount_store, name="m", allow_errors=True)
+    write_with_a_failed_upload(m, outage, "model.bin", new)
 
     offset = len(m.log)
     m2 = mount_store(store_url, name="m", allow_errors=True)
@@ -452,13 +520,13 @@ def test_a_closed_file_whose_upload_failed_is_committed_by_the_next_mount(
 
 @needs_root
 def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
-    store_url: str, mount_store, tmp_path: Path
+    store_url: str, mount_store, outage: Outage, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(11)
     old, new = rng.bytes(1 << 20), rng.bytes(2 << 20)
     put(store_url, "model.bin", old, tmp_path)
-    m = mount_store(store_url, name="m", allow_errors=True)
-    write_with_a_failed_upload(m, store_url, "model.bin", new)
+    m = outage.mount(mount_store, name="m", allow_errors=True)
+    write_with_a_failed_upload(m, outage, "model.bin", new)
 
     def sync() -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -478,21 +546,16 @@ def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
 
 @needs_root
 def test_a_file_unlinked_before_its_upload_succeeded_stays_deleted_after_remount(
-    store_url: str, mount_store, tmp_path: Path
+    store_url: str, mount_store, outage: Outage, tmp_path: Path
 ) -> None:
-    m = mount_store(store_url, name="m", allow_errors=True)
-    packs = [Path(store_url) / "packs"]
-    (Path(store_url) / "packs").mkdir(exist_ok=True)
-    subprocess.run(["chattr", "+i", *map(str, packs)], check=True)
-    try:
-        f = open(m.path / "scratch.bin", "wb")  # noqa: SIM115 - its close is what is tested
-        f.write(os.urandom(1 << 20))
+    m = outage.mount(mount_store, name="m", allow_errors=True)
+    f = open(m.path / "scratch.bin", "wb")  # noqa: SIM115 - its close is what is tested
+    f.write(os.urandom(1 << 20))
+    with outage.during():
         with pytest.raises(OSError):
             f.close()
-        assert wait_until(lambda: m.stats()["commit_errors"] >= 2, timeout=10)
+        assert wait_until(lambda: m.stats()["commit_errors"] >= 2, timeout=20)
         os.unlink(m.path / "scratch.bin")  # the user gives up on it
-    finally:
-        subprocess.run(["chattr", "-i", *map(str, packs)], check=True)
     assert m.unmount().returncode == 0
     offset = len(m.log)
     m2 = mount_store(store_url, name="m", allow_errors=True)  # shares m's log file
@@ -501,6 +564,101 @@ def test_a_file_unlinked_before_its_upload_succeeded_stays_deleted_after_remount
     with pytest.raises(modelfs.NotFoundError):
         history(store_url, "scratch.bin")
     assert " ERROR " not in m2.log[offset:]
+
+
+def test_while_an_s3_store_is_down_reads_fail_with_eio_in_bounded_time_and_umount_works(
+    s3_store_url: str, mount_store, tmp_path: Path
+) -> None:
+    url = s3_store_url
+    data = np.random.default_rng(12).bytes(24 * MiB)
+    put(url, "model.bin", data, tmp_path)
+    outage = Outage(url)
+    try:
+        m = outage.mount(mount_store, allow_errors=True)  # gives up after 2 s of failures
+        with open(m.path / "model.bin", "rb", buffering=0) as f:
+            assert os.pread(f.fileno(), 4096, 0) == data[:4096]  # now cached
+            far = 20 * MiB
+            with outage.during():
+                started = time.monotonic()
+                with pytest.raises(OSError) as e:
+                    os.pread(f.fileno(), 4096, far)
+                assert e.value.errno == errno.EIO
+                assert time.monotonic() - started < 15  # 2 s of retries, not forever
+                # Queued requests fail at once, not after the bound again.
+                started = time.monotonic()
+                with pytest.raises(OSError):
+                    os.pread(f.fileno(), 4096, far + MiB)
+                assert time.monotonic() - started < 5
+                assert os.pread(f.fileno(), 4096, 0) == data[:4096]  # the cache still serves
+                assert m.stats()["store_unavailable"] is True
+                assert "has not answered" in m.log
+            # The store is back: the same read succeeds, no remount needed.
+            assert os.pread(f.fileno(), 4096, far) == data[far : far + 4096]
+        assert m.stats()["store_unavailable"] is False
+
+        with outage.during():
+            listing = sorted(os.listdir(m.path))  # the last listing, not an error
+            assert listing == [".modelfs", "model.bin"]
+            started = time.monotonic()
+            proc = m.unmount()
+            assert proc.returncode == 0, proc.stderr
+            assert time.monotonic() - started < 30
+            assert not is_mounted(m.path)
+    finally:
+        outage.close()
+
+
+def test_a_read_only_s3_credential_mounts_read_only_and_says_so(
+    s3_store_url: str, mount_store, seaweedfs, cli, monkeypatch, tmp_path: Path
+) -> None:
+    url = s3_store_url
+    data = np.random.default_rng(13).bytes(3 * MiB)
+    put(url, "d/model.bin", data, tmp_path)
+    with StoreObjects(url) as objects:
+        before = objects.snapshot()
+    reader = {
+        "AWS_ACCESS_KEY_ID": seaweedfs.reader_access_key,  # SeaweedFS actions: Read, List
+        "AWS_SECRET_ACCESS_KEY": seaweedfs.reader_secret_key,
+    }
+
+    m = mount_store(url, env=reader)
+
+    said = "refuses writes with these credentials (access denied): mounted read-only"
+    assert said in m.output and said in m.log
+    assert m.stats()["read_only"] is True
+    assert (m.path / "d" / "model.bin").read_bytes() == data
+    f = m.path / "d" / "model.bin"
+    attempts: dict[str, Callable[[], object]] = {
+        "create": lambda: open(m.path / "new.bin", "wb"),
+        "write": lambda: open(f, "r+b"),
+        "unlink": lambda: os.unlink(f),
+        "rename": lambda: os.rename(f, m.path / "moved.bin"),
+        "mkdir": lambda: os.mkdir(m.path / "newdir"),
+        "setxattr": lambda: os.setxattr(f, "user.a", b"1"),
+    }
+    got = {name: errno_of(fn) for name, fn in attempts.items()}
+    assert got == dict.fromkeys(attempts, errno.EROFS)
+    # The CLI with the same credential: a clear refusal, and nothing half-written.
+    for name, value in reader.items():
+        monkeypatch.setenv(name, value)
+    local = tmp_path / "new.bin"
+    local.write_bytes(data[:MiB])
+    proc = cli("put", url, local, "new.bin", check=False)
+    assert proc.returncode == 1
+    assert "access denied" in proc.stderr.decode()
+    assert seaweedfs.reader_secret_key not in proc.stderr.decode()
+    with StoreObjects(url) as objects:
+        assert objects.snapshot() == before
+
+
+def errno_of(fn: Callable[[], object]) -> int | None:
+    try:
+        result = fn()
+    except OSError as e:
+        return e.errno
+    if hasattr(result, "close"):
+        result.close()
+    return None
 
 
 # 8. signals and umount

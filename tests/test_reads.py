@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import sha256
+from storeobjects import StoreObjects, WrappedBackend
 
 import modelfs
-from modelfs.backends import LocalBackend
+from modelfs.backends import Backend, open_backend
 from modelfs.backends.base import ByteRange
 from modelfs.client import Client
 from modelfs.errors import CorruptionError
@@ -24,11 +25,11 @@ from modelfs.store.format import pack_key
 PATH = "minilm/model.safetensors"
 
 
-class CountingBackend(LocalBackend):
-    """A real LocalBackend that counts ranged pack reads and how many overlap in time."""
+class CountingBackend(WrappedBackend):
+    """A real backend (local or S3) that counts pack reads and how many overlap in time."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
         self.pack_gets = 0
         self._active = 0
         self.max_parallel = 0
@@ -56,7 +57,7 @@ def stored(store_url: str, tmp_path: Path, minilm_path: Path) -> str:
 
 
 def counting_client(url: str, cache_dir: Path) -> tuple[Client, CountingBackend]:
-    backend = CountingBackend(Path(url))
+    backend = CountingBackend(open_backend(url))
     return Client(Store.open(backend), cache_dir=cache_dir), backend
 
 
@@ -94,16 +95,11 @@ def test_verify_fetches_from_the_store_even_when_cached(stored: str, tmp_path: P
 
 
 def test_verify_names_file_and_offset_of_a_corrupt_block(
-    stored: str, tmp_path: Path, cli, expect_warnings
+    stored: str, tmp_path: Path, cli, store_objects: StoreObjects, expect_warnings
 ) -> None:
     with modelfs.open_store(stored, cache_dir=tmp_path / "c1") as client:
         block = client.store.manifest(PATH).blocks[50]
-    pack = Path(stored) / pack_key(block.location.pack)
-    with open(pack, "r+b") as f:
-        f.seek(block.location.offset + 10)
-        byte = f.read(1)
-        f.seek(block.location.offset + 10)
-        f.write(bytes([byte[0] ^ 0x55]))
+    store_objects.flip_byte(pack_key(block.location.pack), block.location.offset + 10)
     with modelfs.open_store(stored, cache_dir=tmp_path / "c2") as client:
         with pytest.raises(CorruptionError) as info:
             client.verify(PATH)

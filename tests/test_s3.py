@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from seaweed import REGION, SeaweedFS
 
+import modelfs
 from modelfs.backends import ByteRange, RetryingBackend, open_backend
 from modelfs.backends.s3 import S3Backend, parse_s3_url
 from modelfs.errors import (
@@ -155,6 +157,22 @@ def test_open_backend_takes_an_s3_url_and_the_aws_environment(aws_env: SeaweedFS
     assert backend.get("config") == b"c"
     raw = seaweedfs.client().get_object(Bucket=bucket, Key="stores/one/config")
     assert raw["Body"].read() == b"c"
+
+
+def test_cli_and_api_take_the_endpoint_as_an_option_instead_of_the_environment(
+    seaweedfs: SeaweedFS, s3_bucket: str, cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    url = f"s3://{s3_bucket}/explicit-{tmp_path.name}"
+    where = ["--endpoint-url", seaweedfs.endpoint, "--region", REGION]
+    cli("init", url, *where)
+    (tmp_path / "a.bin").write_bytes(b"explicit endpoint")
+    cli("put", url, tmp_path / "a.bin", "a.bin", *where)
+    assert cli("cat", url, "a.bin", *where).stdout == b"explicit endpoint"
+    options = {"endpoint_url": seaweedfs.endpoint, "region_name": REGION}
+    with modelfs.open_store(url, s3_options=options, use_disk_cache=False) as c:
+        assert c.read("a.bin") == b"explicit endpoint"
 
 
 def test_parse_s3_url_splits_bucket_and_prefix() -> None:

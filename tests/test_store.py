@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import flip_byte, sha256
+from conftest import sha256
+from storeobjects import StoreObjects, WrappedBackend
 
 import modelfs
-from modelfs.backends import LocalBackend
-from modelfs.backends.base import Data
+from modelfs.backends import open_backend
+from modelfs.backends.base import Backend, Data
 from modelfs.errors import BackendError, IsADirectoryError_, NotADirectoryError_
 from modelfs.store import Manifest, PutResult, Store
 from modelfs.store.format import pack_key
@@ -47,15 +48,6 @@ def tensor_ranges(data: bytes) -> dict[str, tuple[int, int]]:
         name: (8 + n + info["data_offsets"][0], 8 + n + info["data_offsets"][1])
         for name, info in header.items()
     }
-
-
-def pack_file(store_root: str | Path, pack_id: str) -> Path:
-    return Path(store_root) / pack_key(pack_id)
-
-
-def packs_on_disk(store_root: str | Path) -> dict[str, int]:
-    root = Path(store_root) / "packs"
-    return {p.name: p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -261,9 +253,12 @@ def test_unchanged_tensors_deduplicate_although_they_moved(
 
 
 def test_putting_identical_content_again_uploads_nothing(
-    client: modelfs.Client, stored_minilm: PutResult, minilm_path: Path, store_url: str
+    client: modelfs.Client,
+    stored_minilm: PutResult,
+    minilm_path: Path,
+    store_objects: StoreObjects,
 ) -> None:
-    packs_before = packs_on_disk(store_url)
+    packs_before = store_objects.snapshot()
 
     same_path = client.put(PATH, minilm_path)
     other_path = client.put("copy/model.safetensors", minilm_path.read_bytes())
@@ -272,7 +267,10 @@ def test_putting_identical_content_again_uploads_nothing(
         assert (r.new_blocks, r.new_bytes, r.uploaded_bytes) == (0, 0, 0)
         assert r.manifest == stored_minilm.manifest
     assert same_path.version == 2
-    assert packs_on_disk(store_url) == packs_before
+    after = store_objects.snapshot()
+    assert {k: v for k, v in after.items() if k.startswith(("packs/", "index/"))} == {
+        k: v for k, v in packs_before.items() if k.startswith(("packs/", "index/"))
+    }
     assert sha256(client.read("copy/model.safetensors")) == sha256(minilm_path)
 
 
@@ -414,17 +412,21 @@ def test_a_path_cannot_be_both_file_and_directory(client: modelfs.Client) -> Non
 # crash safety
 
 
-class FailingBackend(LocalBackend):
-    """A local store whose create-only and compare-and-swap writes under one
-    key prefix fail, as a dying disk or a dropped connection would."""
+class FailingBackend(WrappedBackend):
+    """A real store (local or S3) whose writes under one key prefix fail, as a
+    dying disk or a dropped connection would; everything else passes through."""
 
-    def __init__(self, root: str | os.PathLike[str], fail_prefix: str) -> None:
-        super().__init__(root)
+    def __init__(self, inner: Backend, fail_prefix: str) -> None:
+        super().__init__(inner)
         self.fail_prefix = fail_prefix
 
     def _fail(self, key: str) -> None:
         if key.startswith(self.fail_prefix):
             raise BackendError(f"injected failure writing {key!r}")
+
+    def put(self, key: str, data: Data) -> str:
+        self._fail(key)
+        return super().put(key, data)
 
     def put_if_absent(self, key: str, data: Data) -> str:
         self._fail(key)
@@ -436,7 +438,8 @@ class FailingBackend(LocalBackend):
 
 
 def failing_client(store_url: str, fail_prefix: str, cache_dir: Path) -> modelfs.Client:
-    return modelfs.Client(Store.open(FailingBackend(store_url, fail_prefix)), cache_dir=cache_dir)
+    backend = FailingBackend(open_backend(store_url), fail_prefix)
+    return modelfs.Client(Store.open(backend), cache_dir=cache_dir)
 
 
 @pytest.mark.parametrize("fail_prefix", ["packs/", "index/", "manifests/", "refs/"])
@@ -492,13 +495,13 @@ def test_corrupt_pack_byte_fails_reads_of_that_block_naming_file_and_offset(
     tmp_path: Path,
     minilm_bytes: bytes,
     expect_warnings,
+    store_objects: StoreObjects,
 ) -> None:
     expect_warnings("corrupt block")
     manifest = client.store.manifest(PATH)
     bad = manifest.blocks[middle_block_in_shared_pack(manifest)]
-    flip_byte(
-        pack_file(store_url, bad.location.pack),
-        bad.location.offset + bad.location.stored_length // 2,
+    store_objects.flip_byte(
+        pack_key(bad.location.pack), bad.location.offset + bad.location.stored_length // 2
     )
 
     with cold_client(store_url, tmp_path / "cold") as c:
@@ -520,12 +523,13 @@ def test_corrupt_pack_byte_leaves_other_regions_readable(
     tmp_path: Path,
     minilm_bytes: bytes,
     expect_warnings,
+    store_objects: StoreObjects,
 ) -> None:
     expect_warnings("corrupt block")
     manifest = client.store.manifest(PATH)
     i = middle_block_in_shared_pack(manifest)
     bad = manifest.blocks[i]
-    flip_byte(pack_file(store_url, bad.location.pack), bad.location.offset + 10)
+    store_objects.flip_byte(pack_key(bad.location.pack), bad.location.offset + 10)
 
     with cold_client(store_url, tmp_path / "cold") as c:
         prev, nxt = manifest.blocks[i - 1], manifest.blocks[i + 1]
@@ -553,13 +557,14 @@ def test_fsck_reports_a_corrupt_block_and_every_file_and_version_using_it(
     store_url: str,
     minilm_path: Path,
     expect_warnings,
+    store_objects: StoreObjects,
 ) -> None:
     expect_warnings("corrupt block")
     client.put("copy.safetensors", minilm_path)
     client.put(PATH, b"a later version; version 1 is still affected")
     manifest = client.store.manifest(PATH, 1)
     bad = manifest.blocks[middle_block_in_shared_pack(manifest)]
-    flip_byte(pack_file(store_url, bad.location.pack), bad.location.offset)
+    store_objects.flip_byte(pack_key(bad.location.pack), bad.location.offset)
 
     report = client.fsck()
 
@@ -589,11 +594,12 @@ def test_deleted_pack_is_reported_missing_with_the_files_it_affects(
     tmp_path: Path,
     minilm_bytes: bytes,
     expect_warnings,
+    store_objects: StoreObjects,
 ) -> None:
     expect_warnings("corrupt block")
     manifest = client.store.manifest(PATH)
     gone = manifest.blocks[len(manifest.blocks) // 2]
-    pack_file(store_url, gone.location.pack).unlink()
+    store_objects.delete(pack_key(gone.location.pack))
 
     report = client.fsck()
 
@@ -619,13 +625,13 @@ def test_truncated_pack_is_reported_with_the_files_it_affects(
     tmp_path: Path,
     minilm_bytes: bytes,
     expect_warnings,
+    store_objects: StoreObjects,
 ) -> None:
     expect_warnings("corrupt block")
     manifest = client.store.manifest(PATH)
     victim = manifest.blocks[len(manifest.blocks) // 2]
-    path = pack_file(store_url, victim.location.pack)
     cut = victim.location.offset + victim.location.stored_length // 2
-    os.truncate(path, cut)
+    store_objects.truncate(pack_key(victim.location.pack), cut)
 
     report = client.fsck()
 
@@ -655,12 +661,14 @@ def test_truncated_pack_is_reported_with_the_files_it_affects(
 
 
 def test_fsck_reports_a_pack_whose_block_table_was_altered(
-    client: modelfs.Client, stored_minilm: PutResult, store_url: str
+    client: modelfs.Client,
+    stored_minilm: PutResult,
+    store_url: str,
+    store_objects: StoreObjects,
 ) -> None:
     manifest = client.store.manifest(PATH)
     pack_id = manifest.blocks[0].location.pack
-    path = pack_file(store_url, pack_id)
-    body = bytearray(path.read_bytes())
+    body = bytearray(store_objects.read(pack_key(pack_id)))
     (table_len,) = struct.unpack_from("<I", body, len(body) - 12)
     table_start = len(body) - 12 - table_len
     # Change one hex digit of the first block id in the table: still valid JSON,
@@ -668,7 +676,7 @@ def test_fsck_reports_a_pack_whose_block_table_was_altered(
     digit = table_start + len(b'{"blocks":[["')
     assert body[table_start:digit] == b'{"blocks":[["'
     body[digit] = ord("0") if body[digit] != ord("0") else ord("1")
-    path.write_bytes(bytes(body))
+    store_objects.write(pack_key(pack_id), bytes(body))
 
     report = client.fsck()
 

@@ -20,12 +20,25 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import AlreadyExistsError, BackendError, ConflictError, NotFoundError
+from ..errors import (
+    AlreadyExistsError,
+    BackendError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from .base import Backend, BlobInfo, ByteRange, Data, check_key
 
 
 def _etag(data: Data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
+
+
+def _write_error(doing: str, e: OSError) -> BackendError:
+    """A refused write (no permission, read-only filesystem) is PermissionDeniedError."""
+    if e.errno in (errno.EACCES, errno.EROFS):
+        return PermissionDeniedError(f"{doing}: {e.strerror}")
+    return BackendError(f"{doing}: {e}")
 
 
 def _token(st: os.stat_result) -> str:
@@ -143,7 +156,7 @@ class LocalBackend(Backend):
                 raise
             self._fsync_dir(path.parent)
         except OSError as e:
-            raise BackendError(f"writing {key!r} to {self.url}: {e}") from e
+            raise _write_error(f"writing {key!r} to {self.url}", e) from e
         return _etag(data)
 
     def put_if_absent(self, key: str, data: Data) -> str:
@@ -161,7 +174,7 @@ class LocalBackend(Backend):
         except OSError as e:
             if e.errno == errno.EEXIST:
                 raise AlreadyExistsError(f"blob {key!r} already exists in {self.url}") from None
-            raise BackendError(f"writing {key!r} to {self.url}: {e}") from e
+            raise _write_error(f"writing {key!r} to {self.url}", e) from e
         return _etag(data)
 
     def put_if_match(self, key: str, data: Data, etag: str) -> str:
@@ -178,4 +191,4 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             pass  # no such blob (a directory is only a prefix of other keys)
         except OSError as e:
-            raise BackendError(f"deleting {key!r} from {self.url}: {e}") from e
+            raise _write_error(f"deleting {key!r} from {self.url}", e) from e

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from ..errors import ModelfsError, NotFoundError, ReadOnlyError
+from ..errors import BackendError, ModelfsError, NotFoundError, ReadOnlyError
 from ..reader import BlockReader
 from ..store import Manifest, Store
 from ..store.namespace import Tree
@@ -118,6 +118,7 @@ class Counters:
     commits: int = 0
     commit_errors: int = 0
     read_errors: int = 0
+    refresh_errors: int = 0
 
 
 @fuse_error_boundary
@@ -144,6 +145,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.tree = Tree()
         self._tree_time = 0.0
+        self._refresh_failing = False
         self._handles: dict[int, ReadHandle | WriteHandle | VirtualHandle | DirHandle] = {}
         self._next_fh = 1
         self._staged: dict[str, StagedFile] = {}  # store path -> file being written
@@ -175,7 +177,20 @@ class Operations(pyfuse3.Operations):
             # store before it is counted, so a scan that began after it sees it.
             for _ in range(3):
                 changes = self._changes
-                tree = await self._run(self.store.scan)
+                try:
+                    tree = await self._run(self.store.scan)
+                except BackendError as e:
+                    # The store is unreachable: serve the names known from the last scan
+                    # (reads of cached blocks keep working) and try again after the interval.
+                    self._tree_time = time.monotonic()
+                    self.counters.refresh_errors += 1
+                    if not self._refresh_failing:
+                        self._refresh_failing = True
+                        log.warning("cannot list the store, showing the last listing: %s", e)
+                    return
+                if self._refresh_failing:
+                    self._refresh_failing = False
+                    log.warning("listing the store works again")
                 if changes == self._changes:
                     self.tree = tree
                     self._tree_time = time.monotonic()
@@ -191,6 +206,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     def _check_writable(self) -> None:
+        # The kernel refuses writes to a mount made with "ro" first; this is for the rest.
         if self.read_only:
             raise ReadOnlyError("the mount is read-only")
 
@@ -322,6 +338,9 @@ class Operations(pyfuse3.Operations):
             "commits": self.counters.commits,
             "commit_errors": self.counters.commit_errors,
             "read_errors": self.counters.read_errors,
+            "refresh_errors": self.counters.refresh_errors,
+            "read_only": self.read_only,
+            "store_unavailable": getattr(self.store.backend, "unavailable", False),
             "files_being_written": len(self._staged),
             "store_requests": self.store.backend.request_counts(),
         }
@@ -981,6 +1000,13 @@ class Operations(pyfuse3.Operations):
     async def commit_leftovers(self) -> None:
         """Commit files that an earlier mount closed but could not upload."""
         for staged in self.staging.leftovers():
+            if self.read_only:
+                log.warning(
+                    "%s, staged by an earlier mount, stays staged: this mount is read-only "
+                    "(commit it with `modelfs sync` where the store takes writes)",
+                    staged.path,
+                )  # fmt: skip
+                continue
             staged.fd = os.open(staged.data_path, os.O_RDWR)
             try:
                 await self._commit(staged)
