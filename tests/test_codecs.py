@@ -148,6 +148,65 @@ def test_byte_grouping_is_chosen_for_the_large_float_blocks_of_minilm(minilm_pat
     assert chosen == {"bg4"}
 
 
+def test_bf16_minilm_weights_are_stored_in_at_most_two_thirds_of_their_size(
+    minilm_bf16_path: Path,
+) -> None:
+    # The goal users compare with ZipNN: bf16 weights stored at most 1/1.5 of their size.
+    float_blocks = _float_blocks(minilm_bf16_path)
+    stored = sum(len(codecs.encode(d, t, 3)[1]) for d, t in float_blocks)
+    plaintext = sum(len(d) for d, _ in float_blocks)
+    assert plaintext / stored >= 1.5
+
+
+def _exponent_heavy(n: int, others_at: list[int]) -> bytes:
+    """bf16 values over a few binades (an exponent stream of about 15 values), with values
+    of rare exponents placed at others_at."""
+    rng = np.random.default_rng(len(others_at))
+    values = rng.normal(0, 0.05, n).astype(np.float32)
+    for i in others_at:
+        values[i] = 1e30 if i % 2 else -1e-30
+    return bf16(values)
+
+
+@pytest.mark.parametrize(
+    "others_at",
+    [[], [0], [4095], [0, 1, 2, 3], [5000], list(range(0, 4096, 300))],
+    ids=["none", "first", "last-of-odd", "a-run", "last", "spread"],
+)
+def test_rare_values_in_a_nibble_pair_stream_come_back_in_place(others_at: list[int]) -> None:
+    n = 5001 if others_at != [4095] else 4097  # odd counts end in a half-used pair
+    others_at = [i if i < n else n - 1 for i in others_at]
+    data = _exponent_heavy(n, others_at)  # n elements: an odd count of exponent bytes
+    codec, stored = codecs.encode(data, "BF16", 3)
+    assert codec == "bg2"
+    # The exponent stream took the nibble-pair form (kind 2 in its descriptor).
+    kinds = [stored[1 + 5 * k] for k in range(2)]
+    assert 2 in kinds
+    assert codecs.decode(codec, stored, len(data)) == data
+
+
+def test_a_stream_spread_over_many_values_is_not_stored_as_nibble_pairs() -> None:
+    spread = np.random.default_rng(1).integers(0, 1 << 16, 8192, dtype=np.uint16).tobytes()
+    codec, stored = codecs.encode(spread, "BF16", 3)
+    assert codecs.decode(codec, stored, len(spread)) == spread
+    if codec == "bg2":
+        assert 2 not in [stored[1 + 5 * k] for k in range(2)]
+
+
+def test_a_damaged_nibble_pair_stream_raises_corruption_error() -> None:
+    data = _exponent_heavy(8192, [10, 20, 30])
+    codec, stored = codecs.encode(data, "BF16", 3)
+    k = [stored[1 + 5 * k] for k in range(2)].index(2)
+    start = 1 + 5 * 2 + sum(struct.unpack_from("<I", stored, 2 + 5 * j)[0] for j in range(k))
+    for offset in (15, 16):  # the count of other values: too many, or not matching
+        bad = bytearray(stored)
+        bad[start + offset] ^= 0x01
+        with pytest.raises(CorruptionError):
+            codecs.decode(codec, bytes(bad), len(data))
+    with pytest.raises(CorruptionError):
+        codecs.decode(codec, stored[: start + 10], len(data))
+
+
 # damage
 
 

@@ -11,9 +11,20 @@
   spent decompressing noise. Streams use zstd level 1 whatever the store's
   level: on exponent bytes it beats level 3 (0.36 vs 0.41 of their size on
   MiniLM in bf16) because longer match searches only find spurious matches.
+- A stream whose bytes are nearly all among 15 values (an exponent stream:
+  weights span a few binades) is stored as "nibble pairs": each byte becomes
+  its value's rank (0-14, 15 for any other value), two ranks share a byte,
+  and zstd codes those bytes. Huffman codes whole bits per symbol, which
+  wastes most on a few very common symbols; on pairs it lands within 1% of
+  the entropy (MiniLM exponents: 0.330 of their size, against 0.367 as plain
+  zstd), which is what brings bf16 weights under 1/1.5 of their size.
 
 Stored layout of bgN: one byte N, then N stream descriptors (one byte kind:
-0 raw, 1 zstd; four bytes little-endian stored length), then the streams.
+0 raw, 1 zstd, 2 nibble pairs; four bytes little-endian stored length), then
+the streams. A nibble-pair stream is: 15 bytes, the values of ranks 0-14;
+four bytes little-endian, the number E of other bytes; the E other bytes in
+order; then one zstd frame of ceil(count / 2) bytes, the ranks of the
+stream's bytes in order, high nibble first (an odd count ends in rank 0).
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ ZSTD = "zstd"
 BYTE_GROUPED = {2: "bg2", 4: "bg4", 8: "bg8"}
 CODECS = frozenset({RAW, ZSTD, *BYTE_GROUPED.values()})
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_STREAM_RAW, _STREAM_ZSTD = 0, 1
+_STREAM_RAW, _STREAM_ZSTD, _STREAM_NIBBLES = 0, 1, 2
+# Nibble pairs pay off while other values are this rare (each costs a whole byte).
+_MAX_NIBBLE_ESCAPES = 1 / 256
 # Below this, grouping costs more in stream headers than it saves.
 _MIN_GROUPED_SIZE = 4096
 _GROUPED_STREAM_LEVEL = 1
@@ -95,7 +108,13 @@ def _encode_grouped(data: bytes | memoryview, width: int, level: int) -> bytes:
     bodies = []
     compressor = _compressor(_GROUPED_STREAM_LEVEL)
     for k in range(width):
-        raw = np.ascontiguousarray(streams[k]).tobytes()
+        stream = np.ascontiguousarray(streams[k])
+        nibbles = _encode_nibble_pairs(stream)
+        if nibbles is not None:
+            header.append(struct.pack("<BI", _STREAM_NIBBLES, len(nibbles)))
+            bodies.append(nibbles)
+            continue
+        raw = stream.tobytes()
         packed = compressor.compress(raw)
         if len(packed) < len(raw):
             header.append(struct.pack("<BI", _STREAM_ZSTD, len(packed)))
@@ -104,6 +123,66 @@ def _encode_grouped(data: bytes | memoryview, width: int, level: int) -> bytes:
             header.append(struct.pack("<BI", _STREAM_RAW, len(raw)))
             bodies.append(raw)
     return b"".join(header + bodies)
+
+
+_CODES = np.arange(256)
+
+
+def _escaped_positions(pairs: np.ndarray) -> np.ndarray:
+    """Stream positions whose rank is 15, in order, found from the few pairs that hold one."""
+    first = (pairs | 0x0F) == 0xFF  # high nibble 15
+    second = (pairs | 0xF0) == 0xFF  # low nibble 15
+    hits = np.flatnonzero(first | second)
+    halves = np.stack([first[hits], second[hits]], axis=1)
+    positions = np.stack([2 * hits, 2 * hits + 1], axis=1)
+    return positions[halves]
+
+
+def _encode_nibble_pairs(stream: np.ndarray) -> bytes | None:
+    """The stream as nibble pairs, or None where too many bytes fall outside 15 values."""
+    # The 15 values from a sample: counting every byte would cost more than the coding.
+    sample = stream[:: max(1, stream.size // 65536)]
+    counts = np.bincount(sample, minlength=256)
+    top = np.argsort(-counts, kind="stable")[:15].astype(np.uint8)
+    if sample.size - counts[top].sum() > 2 * sample.size * _MAX_NIBBLE_ESCAPES:
+        return None  # a mantissa stream: spread over all values
+    rank = np.full(256, 15, dtype=np.uint16)
+    rank[top] = np.arange(15, dtype=np.uint16)
+    if stream.size % 2:
+        stream = np.append(stream, top[0])  # rank 0
+    # One lookup per two bytes: (first, second) read as a little-endian uint16 -> the pair.
+    pair_of = ((rank[:, None] << 4) | rank[None, :]).astype(np.uint8).T.reshape(-1)
+    pairs = pair_of[stream.view(np.uint16)]
+    escaped = _escaped_positions(pairs)
+    if escaped.size > stream.size * _MAX_NIBBLE_ESCAPES:
+        return None
+    others = stream[escaped]
+    packed = _compressor(_GROUPED_STREAM_LEVEL).compress(pairs.tobytes())
+    return b"".join([top.tobytes(), struct.pack("<I", others.size), others.tobytes(), packed])
+
+
+def _decode_nibble_pairs(body: memoryview, count: int) -> np.ndarray:
+    if len(body) < 19:
+        raise ValueError("nibble-pair stream is truncated")
+    table = np.append(np.frombuffer(body[:15], dtype=np.uint8), np.uint8(0)).astype(np.uint16)
+    (n_others,) = struct.unpack_from("<I", body, 15)
+    others = np.frombuffer(body[19 : 19 + n_others], dtype=np.uint8)
+    if len(others) != n_others:
+        raise ValueError("nibble-pair stream is truncated")
+    n_pairs = (count + 1) // 2
+    pairs = np.frombuffer(
+        _decompressor().decompress(body[19 + n_others :], max_output_size=n_pairs), dtype=np.uint8
+    )
+    if len(pairs) != n_pairs:
+        raise ValueError("nibble-pair stream has the wrong length")
+    # One lookup per pair: its two bytes as a little-endian uint16 (first in the low byte).
+    both = table[_CODES >> 4] | (table[_CODES & 15] << 8)
+    out = both[pairs].view(np.uint8)
+    escaped = _escaped_positions(pairs)
+    if escaped.size != n_others or (escaped.size and escaped[-1] >= count):
+        raise ValueError("nibble-pair stream has the wrong number of other values")
+    out[escaped] = others
+    return out[:count]
 
 
 def _decode_grouped(stored: memoryview, width: int, length: int) -> bytes:
@@ -118,6 +197,9 @@ def _decode_grouped(stored: memoryview, width: int, length: int) -> bytes:
         if len(body) != size:
             raise ValueError("byte-grouped block is truncated")
         pos += size
+        if kind == _STREAM_NIBBLES:
+            grouped[k] = _decode_nibble_pairs(body, count)
+            continue
         if kind == _STREAM_ZSTD:
             raw = _decompressor().decompress(body, max_output_size=count)
         elif kind == _STREAM_RAW:
