@@ -94,6 +94,8 @@ class BlockReader:
         # them meanwhile waits for this one batch (one request per run of a pack) instead
         # of fetching its block alone.
         mine, _ = self._claim([b for b in blocks if b not in cached])
+        if disk is not None and cached:
+            disk.will_need([b.location.block_id for b in cached])
 
         def run() -> None:
             try:
