@@ -2,7 +2,7 @@
 # everything it needs first (scripts/setup.sh), so a fresh clone needs nothing else.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-peers clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,10 @@ lint: setup
 
 bench: setup
 	$(PY) scripts/bench.py
+
+# modelfs against JuiceFS, rclone mount and s3fs-fuse on one SeaweedFS: docs/BENCHMARKS.md
+bench-peers: setup
+	$(PY) scripts/bench.py --peers
 
 clean:
 	rm -rf .venv demo-store demo-store.cache demo-mnt demo-mnt.cache .pytest_cache

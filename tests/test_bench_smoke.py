@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,36 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         assert sr[kind][str(sr["default"])]["vs_default"] == 1
         assert sr[f"{kind}_smallest_within_5pct_of_best"] in sr["counts"]
     assert sr["smallest_within_5pct_of_best_for_all"] in sr["counts"]
+
+
+@pytest.mark.slow
+def test_bench_peers_run_writes_a_report_with_every_tool(tmp_path: Path) -> None:
+    report, out, work = tmp_path / "report", tmp_path / "peers.json", tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--peers", "--size", "16M", "--repeats", "1",
+         "--checkpoints", "2", "--report-dir", str(report), "--json", str(out),
+         "--workdir", str(work), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")},  # trains its checkpoints
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(work.iterdir()) == [], "the benchmark left its temporary directory behind"
+    with open("/proc/self/mounts") as mounts:
+        assert str(tmp_path) not in mounts.read(), "a peer stayed mounted"
+    res = json.loads(out.read_text())
+    tools = ["modelfs", "juicefs", "rclone", "s3fs"]
+    assert list(res["median"]) == tools and all(res["versions"][t] for t in tools)
+    for tool in tools:
+        m = res["median"][tool]
+        assert m["write"] > 0 and m["read_cold"] > 0 and m["read_warm"] > 0, tool
+        assert m["first_tensor_s"] > 0 and m["load_cold_s"] > 0 and m["rss_mb"] > 0, tool
+        for mode in ("frozen", "full"):
+            sizes = res["series"][mode][tool]
+            assert len(sizes) == 2 and 0 < sizes[0] <= sizes[1], (tool, mode)
+        assert res["bf16"][tool]["stored"] > 0
+    # Dedup: the second frozen checkpoint adds a fraction of what plain copies add.
+    frozen = res["series"]["frozen"]
+    assert frozen["modelfs"][1] - frozen["modelfs"][0] < (frozen["s3fs"][1] - frozen["s3fs"][0]) / 4
+    text = (report / "BENCHMARKS.md").read_text()
+    assert "| goal (issue 5) |" in text and "vs juicefs" in text and "s3fs" in text
+    assert (report / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
