@@ -345,6 +345,9 @@ def write_chart(results: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+HAND_WRITTEN = "<!-- written by hand below: scripts/bench.py --peers keeps it -->\n"
+
+
 def write_report(results: dict[str, Any], meta: dict[str, Any], md: Path, png: Path) -> None:
     """docs/BENCHMARKS.md: when, where, which versions, the tables, the goals; and the chart."""
     write_chart(results, png)
@@ -375,4 +378,8 @@ def write_report(results: dict[str, Any], meta: dict[str, Any], md: Path, png: P
         *series_table(results),
         *meta.get("notes", []),
     ]
-    md.write_text("\n".join(text) + "\n")
+    # The analysis below the marker is written by hand: a new run keeps it.
+    kept = ""
+    if md.exists() and HAND_WRITTEN in md.read_text():
+        kept = md.read_text().split(HAND_WRITTEN, 1)[1]
+    md.write_text("\n".join(text) + "\n" + HAND_WRITTEN + kept)
