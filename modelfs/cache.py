@@ -180,21 +180,6 @@ class MemoryBlockCache:
         self._size = 0
         self._lock = threading.Lock()
 
-    def will_need(self, block_ids: list[str]) -> None:
-        """Ask the kernel to start reading these entries now, all at once, so that the
-        gets that follow find them in the page cache (readahead from the disk cache)."""
-        for block_id in block_ids:
-            try:
-                fd = os.open(self._path(block_id), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-
     def get(self, block_id: str) -> bytes | None:
         with self._lock:
             data = self._entries.get(block_id)
