@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,7 +27,12 @@ from .client import Client, open_store
 from .errors import ModelfsError
 from .store.store import DEFAULT_MAX_REQUESTS
 
+if TYPE_CHECKING:
+    from .fs.operations import Operations
+
 log = logging.getLogger(__name__)
+
+INIT_TIMEOUT_S = 10.0  # the kernel sends INIT at once; report ready anyway after this
 
 
 @dataclass
@@ -105,6 +111,7 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
 
     client: Client | None = None
     staging: StagingArea | None = None
+    ops: Operations | None = None
     mounted = False
     try:
         check_mountpoint(opts.mountpoint)
@@ -127,7 +134,7 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
             client.store, client.reader, staging,
             read_only=opts.read_only, refresh_interval=opts.refresh_interval,
         )  # fmt: skip
-        trio.run(ops.commit_leftovers)
+        trio.run(ops.start)
         fuse_options = set(pyfuse3.default_options) | {"fsname=modelfs", "subtype=modelfs"}
         if opts.allow_other:
             fuse_options.add("allow_other")
@@ -146,11 +153,15 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
         mounted = True
         pidf.write_text(str(os.getpid()))
         log.info("mounted %s at %s", opts.store, opts.mountpoint)
-        report(f"ready {note}".strip())
-        if ready_fd is not None:
-            os.close(ready_fd)
-            ready_fd = None
-        trio.run(_serve, real_mountpoint, opts.readahead_kb)
+
+        def ready() -> None:
+            nonlocal ready_fd
+            report(f"ready {note}".strip())
+            if ready_fd is not None:
+                os.close(ready_fd)
+                ready_fd = None
+
+        trio.run(_serve, ops, real_mountpoint, opts.readahead_kb, ready)
     except ModelfsError as e:
         report(f"error: {e}")
         raise
@@ -159,24 +170,33 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
             pyfuse3.close(unmount=True)
             pidf.unlink(missing_ok=True)
             log.info("unmounted %s", opts.mountpoint)
+        if ops is not None:
+            ops.close()
         if staging is not None:
             staging.close()
         if client is not None:
             client.close()
 
 
-async def _serve(real_mountpoint: str, readahead_kb: int) -> None:
+async def _serve(
+    ops: Operations, real_mountpoint: str, readahead_kb: int, ready: Callable[[], None]
+) -> None:
     import pyfuse3
 
     async with trio.open_nursery() as nursery:
 
-        async def raise_readahead_after_init() -> None:
-            # The kernel lowers readahead to what the FUSE INIT reply allows, and that
-            # reply goes out only once the main loop runs: raise it after that.
-            await trio.sleep(0.2)
+        async def raise_readahead_then_report_ready() -> None:
+            # The kernel lowers readahead to what the FUSE INIT reply allows, and a file
+            # keeps the readahead it had when opened: raise it after INIT and before
+            # anyone is told the mount is ready (a file opened earlier would read in
+            # 128 KiB requests for its whole life).
+            with trio.move_on_after(INIT_TIMEOUT_S):
+                await ops.initialized.wait()
             await trio.to_thread.run_sync(raise_readahead, real_mountpoint, readahead_kb)
+            ready()
+            await ops.warm_manifests()
 
-        nursery.start_soon(raise_readahead_after_init)
+        nursery.start_soon(raise_readahead_then_report_ready)
 
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_READAHEAD = 32 << 20
 DEFAULT_MEMORY_CACHE = 128 << 20
+CACHE_BACKLOG_BYTES = 64 << 20
 
 
 @dataclass
@@ -52,8 +53,10 @@ class BlockReader:
         self._lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="modelfs-readahead")
         self._cache_writer = ThreadPoolExecutor(1, thread_name_prefix="modelfs-cache-writer")
-        # At most this many blocks (up to 4 MiB each) wait for the cache writer.
-        self._cache_backlog = threading.BoundedSemaphore(16)
+        # At most this many bytes wait for the cache writer; past it, readers write their
+        # blocks themselves. Counted in bytes: a run of small blocks (biases) is no backlog.
+        self._cache_backlog_bytes = 0
+        self._cache_backlog_limit = CACHE_BACKLOG_BYTES
 
     def close(self) -> None:
         self._prefetcher.shutdown(wait=True, cancel_futures=True)
@@ -68,7 +71,11 @@ class BlockReader:
         if self.disk_cache is None:
             return
         cache = self.disk_cache
-        if not self._cache_backlog.acquire(blocking=False):
+        with self._lock:
+            queue = self._cache_backlog_bytes + len(data) <= self._cache_backlog_limit
+            if queue:
+                self._cache_backlog_bytes += len(data)
+        if not queue:
             cache.put(block_id, data)  # the writer is behind: write it ourselves
             return
 
@@ -76,7 +83,8 @@ class BlockReader:
             try:
                 cache.put(block_id, data)
             finally:
-                self._cache_backlog.release()
+                with self._lock:
+                    self._cache_backlog_bytes -= len(data)
 
         self._cache_writer.submit(write)
 
@@ -114,7 +122,9 @@ class BlockReader:
         self.read_into(manifest, offset, memoryview(out), path=path)
         return bytes(out)
 
-    def read_cached(self, manifest: Manifest, offset: int, length: int) -> bytes | None:
+    def read_cached(
+        self, manifest: Manifest, offset: int, length: int
+    ) -> bytes | memoryview | None:
         """The bytes, if every block they need is in the memory cache; else None.
 
         Cheap enough to run on an event loop: no I/O, no hashing."""
@@ -127,9 +137,10 @@ class BlockReader:
             if data is None:
                 return None
             lo, hi = max(offset, b.file_offset), min(offset + length, b.end)
-            parts.append(data[lo - b.file_offset : hi - b.file_offset])
+            parts.append(memoryview(data)[lo - b.file_offset : hi - b.file_offset])
         self.stats.memory_hits += len(parts)
         self.stats.bytes_served += length
+        # One block: a view of it, no copy (FUSE replies take any buffer).
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_into(

@@ -53,7 +53,9 @@ def test_disk_cache_returns_what_was_put(tmp_path: Path, minilm_path: Path) -> N
     blocks = make_blocks(minilm_path, 5, 10_000)
     for bid, data in blocks:
         cache.put(bid, data)
-    assert [cache.get(bid) for bid, _ in blocks] == [data for _, data in blocks]
+    got = [cache.get(bid) for bid, _ in blocks]
+    assert got == [data for _, data in blocks]
+    assert all(type(g) is bytes for g in got)  # FUSE read handlers hand slices to the kernel
     assert cache.size == 5 * (10_000 + ENTRY_OVERHEAD)  # what the entries take on disk
     assert cache.hits == 5
 
@@ -195,6 +197,24 @@ def test_a_damaged_entry_logs_a_warning_naming_the_file(
     entry_path(tmp_path / "cache", bid).write_bytes(b"\0" * 1000)
     assert cache.get(bid) is None
     assert any(bid in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_put_that_fails_part_way_leaves_nothing_behind(
+    tmp_path: Path, minilm_path: Path, expect_warnings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expect_warnings("cannot cache")
+    directory = tmp_path / "cache"
+    cache = DiskBlockCache(directory, 1 << 20)
+    ((bid, data),) = make_blocks(minilm_path, 1, 10_000)
+    # As on a full disk: the kernel writes the checksum, then no more.
+    monkeypatch.setattr(os, "writev", lambda fd, parts: os.write(fd, parts[0]))
+    cache.put(bid, data)
+    assert cache.get(bid) is None
+    assert cache.size == 0
+    assert [p for p in directory.rglob("*") if p.is_file() and p.name != "lock"] == []
+    monkeypatch.undo()
+    cache.put(bid, data)
+    assert cache.get(bid) == data
 
 
 _CACHE_WORKER = textwrap.dedent(

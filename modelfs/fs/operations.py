@@ -32,6 +32,8 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +43,7 @@ import trio
 from ..errors import BackendError, ModelfsError, NotFoundError, ReadOnlyError
 from ..reader import BlockReader
 from ..store import Manifest, Store
+from ..store.early import EarlyUploader
 from ..store.namespace import Tree
 from ..store.paths import ref_key
 from ..store.refs import Version
@@ -59,7 +62,10 @@ DIR_MODE = stat.S_IFDIR | 0o755
 XATTR_PREFIX = "user."
 BLOCK_SIZE = 4096
 MIN_READAHEAD = 4 << 20
-SEQUENTIAL_THRESHOLD = 1 << 20
+# Twice the kernel's own readahead (mount.py raises it to 4 MiB): a page fault in an
+# mmap makes the kernel read 4 MiB around it in 1 MiB requests, which look sequential
+# but are all the reader wants (safetensors maps the file and touches one tensor).
+SEQUENTIAL_THRESHOLD = 8 << 20
 NEAR = 8 << 20  # reads this close to the last ones continue a sequential run
 MAX_READAHEAD = 64 << 20
 
@@ -153,12 +159,20 @@ class Operations(pyfuse3.Operations):
         self._described: dict[int, tuple[str, int]] = {}  # inode -> content the kernel was told
         self._readers: dict[int, list[ReadHandle]] = {}  # inode -> its open read handles
         self._limiter = trio.CapacityLimiter(threads)
+        # One file at a time uploads early; its upload itself runs several requests.
+        self._early_uploads = ThreadPoolExecutor(1, thread_name_prefix="modelfs-early-upload")
         self._refresh_lock = trio.Lock()
         self._changes = 0  # bumped whenever this mount updates the tree from the store
         self._copy_locks: dict[int, trio.Lock] = {}  # id(staged) -> lock of its one copy-in
         self.counters = Counters()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
+        self.initialized = trio.Event()  # set once the kernel's INIT request is answered
+
+    def init(self) -> None:
+        # Called while answering INIT; the answer goes out as soon as this returns, so
+        # whoever waits on the event runs after the kernel has taken the mount's settings.
+        self.initialized.set()
 
     # helpers
 
@@ -426,6 +440,7 @@ class Operations(pyfuse3.Operations):
                 if attr.st_size:
                     await self._materialize(staged)
                 staged.base = None
+                staged.early = None  # truncated while written: commit it at close, as a whole
                 os.ftruncate(staged.fd, attr.st_size)
                 staged.dirty = True
         if fields.update_mode:
@@ -697,6 +712,8 @@ class Operations(pyfuse3.Operations):
                 if version is not None:
                     self._check_fresh(inode, path, version)
                 staged = await self._stage(path, inode, truncate=truncate, version=version)
+                if truncate:
+                    self._start_early_upload(staged)
             else:
                 staged.handles += 1
                 if truncate:
@@ -711,8 +728,13 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(
                 fh=self._new_fh(WriteHandle(path, inode, staged, writable=False))
             )
-        # Close-to-open: read the path's ref afresh, whatever the refresh interval.
-        version = await self._current_version(path)
+        # Close-to-open: read the path's ref afresh, whatever the refresh interval. The
+        # manifest the listing names loads meanwhile: it is nearly always still current.
+        listed = self.tree.files.get(path)
+        async with trio.open_nursery() as nursery:
+            if listed is not None and listed.manifest is not None:
+                nursery.start_soon(self._preload_manifest, listed.manifest)
+            version = await self._current_version(path)
         if version is None:
             raise _fuse(errno.ENOENT)
         self._check_fresh(inode, path, version)
@@ -725,6 +747,12 @@ class Operations(pyfuse3.Operations):
         handle = ReadHandle(path, inode, version, manifest)
         self._readers.setdefault(inode, []).append(handle)
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
+
+    async def _preload_manifest(self, manifest_id: str) -> None:
+        try:
+            await self._run(self.store.load_manifest, manifest_id)
+        except ModelfsError:
+            pass  # the open loads the manifest it needs and reports what fails
 
     async def _current_version(self, path: str) -> Version | None:
         """path's current version, read afresh from the store (None if there is none)."""
@@ -765,6 +793,7 @@ class Operations(pyfuse3.Operations):
         """Truncate a staged file to nothing (its base content is then never needed)."""
         async with self._copy_locks.setdefault(id(staged), trio.Lock()):
             staged.base = None
+            staged.early = None  # emptied under its writers: commit it at close, as a whole
             os.ftruncate(staged.fd, 0)
         self._copy_locks.pop(id(staged), None)
 
@@ -806,13 +835,14 @@ class Operations(pyfuse3.Operations):
             await self._empty(staged)
         staged.metadata[MODE_KEY] = str(stat.S_IFREG | (mode & 0o7777))
         staged.dirty = True  # an empty new file is still a new file
+        self._start_early_upload(staged)
         inode = self.inodes.inode(path)
         self.inodes.looked_up(inode)
         fh = self._new_fh(WriteHandle(path, inode, staged))
         self.counters.opens += 1
         return pyfuse3.FileInfo(fh=fh), self._attr(inode, path)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._handles[fh]
         self.counters.reads += 1
         if isinstance(handle, VirtualHandle):
@@ -863,9 +893,37 @@ class Operations(pyfuse3.Operations):
         await self._materialize(handle.staged)
         written = os.pwrite(handle.staged.fd, buf, off)
         handle.staged.dirty = True
+        self._upload_early(handle.staged, off, written)
         self.counters.writes += 1
         self.counters.bytes_written += written
         return written
+
+    def _start_early_upload(self, staged: StagedFile) -> None:
+        """Upload the file's blocks while it is written, if it is written front to back."""
+        if not self.read_only:
+            staged.early = EarlyUploader(self.store, staged, staged.path)
+            staged.written_end = 0
+
+    def _upload_early(self, staged: StagedFile, off: int, written: int) -> None:
+        early = staged.early
+        if early is None:
+            return
+        if off != staged.written_end:  # not front to back: the commit does it all
+            staged.early = None
+            return
+        staged.written_end += written
+        step = self.store.config.pack_size  # a pack at a time
+        running = staged.early_task is not None and not staged.early_task.done()
+        if not running and staged.written_end - early.uploaded_to >= step:
+            staged.early_task = self._early_uploads.submit(
+                early.advance, staged.written_end, minimum=step
+            )
+
+    async def _wait_early_upload(self, staged: StagedFile) -> None:
+        """Let a running early upload finish (its blocks are what the commit skips)."""
+        task = staged.early_task
+        if task is not None and not task.done():
+            await trio.to_thread.run_sync(futures.wait, [task])
 
     async def flush(self, fh: int) -> None:
         handle = self._handles.get(fh)
@@ -896,6 +954,7 @@ class Operations(pyfuse3.Operations):
                 return  # kept in staging, journal says closed: the next mount commits it
         if self._staged.get(staged.path) is staged:
             del self._staged[staged.path]
+        await self._wait_early_upload(staged)  # it reads through the fd discard closes
         await self._run(self.staging.discard, staged)
 
     async def _commit(self, staged: StagedFile) -> None:
@@ -904,6 +963,7 @@ class Operations(pyfuse3.Operations):
         if not path:
             return
         staged.dirty = False
+        await self._wait_early_upload(staged)
         try:
             await self._materialize(staged)  # a metadata-only change still commits the content
             await self._run(self.staging.mark_closed, staged)
@@ -996,6 +1056,23 @@ class Operations(pyfuse3.Operations):
         self._changes += 1
 
     # lifecycle
+
+    def close(self) -> None:
+        """After unmounting: wait for early uploads still running."""
+        self._early_uploads.shutdown(wait=True)
+
+    async def start(self) -> None:
+        """Before the mount is ready: list the store (the first lookups need no request)
+        and commit what an earlier mount left staged."""
+        await self._refresh(force=True)
+        await self.commit_leftovers()
+
+    async def warm_manifests(self) -> None:
+        """Load the manifests of the newest files in the background, so that their first
+        open after mounting costs one ref read, not a ref and a manifest read in a row."""
+        newest = sorted(self.tree.files.values(), key=lambda v: v.time, reverse=True)
+        ids = [v.manifest for v in newest if v.manifest is not None]
+        await self._run(self.store.preload_manifests, ids)
 
     async def commit_leftovers(self) -> None:
         """Commit files that an earlier mount closed but could not upload."""

@@ -25,11 +25,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelfsError
 from ..store import Manifest, Store, Version
+from ..store.early import EarlyUploader
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ class StagedFile:
     # The committed content this file starts from, not yet copied in: opening a
     # large model for writing (as `touch` does) copies nothing until a byte changes.
     base: Manifest | None = None
+    # Uploading blocks while the file is written front to back (None: not this file).
+    early: EarlyUploader | None = None
+    early_task: Future[None] | None = None
+    written_end: int = 0  # the writes so far cover [0, written_end) in order
 
     @property
     def size(self) -> int:
@@ -64,6 +70,10 @@ class StagedFile:
         mode = int(self.metadata.get(MODE_KEY, 0))
         store.put(self.path, self.data_path, metadata=metadata, mode=mode)
         return store.version(self.path)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """The staged bytes (a RandomAccess for the early uploader)."""
+        return os.pread(self.fd, length, offset)
 
     def write_journal(self) -> None:
         tmp = self.journal_path.with_suffix(".tmp")

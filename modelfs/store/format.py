@@ -8,6 +8,7 @@ or executed.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ CONFIG_KEY = "config"
 HASH_NAME = "blake3-256"
 CHECKSUM_NAME = "xxh3-128"
 HEX_ID_LENGTH = 64  # hex digits of a BLAKE3-256 id
+_HEX_ID = re.compile(f"[0-9a-f]{{{HEX_ID_LENGTH}}}")
+_HEX_DIGITS = re.compile("[0-9a-f]*")
 
 
 def block_id(data: bytes | memoryview) -> str:
@@ -43,11 +46,15 @@ def checksum(stored: bytes | memoryview) -> str:
 
 
 def is_hex_id(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and len(text) == HEX_ID_LENGTH
-        and all(c in "0123456789abcdef" for c in text)
-    )
+    # A regex, not a loop over characters: manifests check thousands of ids per open.
+    return isinstance(text, str) and _HEX_ID.fullmatch(text) is not None
+
+
+def all_hex_ids(texts: list[Any]) -> bool:
+    """is_hex_id of each, in one regex match over them all (a manifest has thousands)."""
+    if not all(isinstance(t, str) and len(t) == HEX_ID_LENGTH for t in texts):
+        return False
+    return _HEX_DIGITS.fullmatch("".join(texts)) is not None
 
 
 def pack_key(pack_id: str) -> str:

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
-from .format import FORMAT_VERSION, canonical_json, is_hex_id, object_id, parse_json
+from .format import FORMAT_VERSION, all_hex_ids, canonical_json, object_id, parse_json
 from .packs import BlockLocation
 
 
@@ -76,8 +76,12 @@ class Manifest:
                 raise FormatError(f"{what} has format version {doc['version']}: upgrade modelfs")
             blocks = []
             pos = 0
-            for off, length, bid, pack, pack_off, stored_len, codec, checksum in doc["blocks"]:
-                if off != pos or length <= 0 or not is_hex_id(bid) or not is_hex_id(pack):
+            rows = doc["blocks"]
+            # Every id becomes part of an object key: check them all in one pass.
+            if not all_hex_ids([row[2] for row in rows] + [row[3] for row in rows]):
+                raise ValueError("a block or pack id is not a hex id")
+            for off, length, bid, pack, pack_off, stored_len, codec, checksum in rows:
+                if off != pos or length <= 0:
                     raise ValueError(f"block at offset {off} is out of place or malformed")
                 blocks.append(
                     BlockRef(

@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,7 +55,7 @@ from ..errors import (
 )
 from . import codecs
 from .blockindex import BlockIndex
-from .chunking import Span, split
+from .chunking import RandomAccess, Span, split
 from .format import (
     CONFIG_KEY,
     StoreConfig,
@@ -87,6 +87,9 @@ Progress = Callable[[int], None]
 # Neighbouring blocks of a pack closer than this are fetched in one request.
 COALESCE_GAP = 1 << 20
 COALESCE_MAX = 64 << 20
+UPLOADS_IN_FLIGHT = 4  # packs (32 MiB by default) uploading at once during a put
+# Manifests kept in memory (a 1 GiB safetensors file's is about 300 KB of JSON).
+MANIFEST_CACHE_ENTRIES = 64
 # Requests to the backend in flight at once. scripts/bench.py --s3-requests
 # (SeaweedFS, 537 MB file, 0 and 20 ms round trips): N=1 is 10-26% slower to
 # read, N=2..32 all within noise for one reader and for put. 8 leaves room for
@@ -150,6 +153,10 @@ class Store:
         self._index_lock = threading.Lock()
         self._index_loaded = False
         self._ref_cache = RefCache()
+        # Manifests are immutable and checked against their id: keep the recent ones.
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
+        self._manifest_loads: dict[str, threading.Lock] = {}
 
     # opening
 
@@ -283,8 +290,15 @@ class Store:
         )  # fmt: skip
         return result
 
+    def upload_blocks(self, source: RandomAccess, spans: list[Span]) -> int:
+        """Store the blocks of these spans of source that the store lacks; returns the
+        stored bytes uploaded. No version is made: a later put finds them and skips them."""
+        if not self._index_loaded:
+            self.refresh_index()
+        return self._store_blocks(source, spans, None)[3]
+
     def _store_blocks(
-        self, source: _BufferSource | _FileSource, spans: list[Span], progress: Progress | None
+        self, source: RandomAccess, spans: list[Span], progress: Progress | None
     ) -> tuple[list[str], int, int, int, str]:
         """Hash, dedup, compress and upload the blocks of one file, in order."""
         level = self.config.zstd_level
@@ -312,7 +326,7 @@ class Store:
             if len(writer):
                 uploads.append(self._io.submit(self._upload_pack, writer))
                 writer = PackWriter()
-            while len(uploads) > 2:  # bound memory: at most ~3 packs in flight
+            while len(uploads) > UPLOADS_IN_FLIGHT - 1:  # bound memory
                 uploads.popleft().result()
 
         window = max(4, 2 * (os.cpu_count() or 2))
@@ -400,11 +414,42 @@ class Store:
         return self.load_manifest(version.manifest)
 
     def load_manifest(self, manifest_id: str) -> Manifest:
-        try:
-            data = self.backend.get(manifest_key(manifest_id))
-        except NotFoundError:
-            raise NotFoundError(f"manifest {manifest_id} is missing from the store") from None
-        return Manifest.from_bytes(data, manifest_id)
+        # One load per manifest at a time: a second caller waits for the first.
+        with self._manifests_lock:
+            loading = self._manifest_loads.setdefault(manifest_id, threading.Lock())
+        with loading:
+            with self._manifests_lock:
+                manifest = self._manifests.get(manifest_id)
+                if manifest is not None:
+                    self._manifests.move_to_end(manifest_id)
+                    return manifest
+            try:
+                try:
+                    data = self.backend.get(manifest_key(manifest_id))
+                except NotFoundError:
+                    raise NotFoundError(
+                        f"manifest {manifest_id} is missing from the store"
+                    ) from None
+                manifest = Manifest.from_bytes(data, manifest_id)
+                with self._manifests_lock:
+                    self._manifests[manifest_id] = manifest
+                    while len(self._manifests) > MANIFEST_CACHE_ENTRIES:
+                        self._manifests.popitem(last=False)
+                return manifest
+            finally:
+                with self._manifests_lock:
+                    self._manifest_loads.pop(manifest_id, None)
+
+    def preload_manifests(self, manifest_ids: Sequence[str]) -> None:
+        """Load manifests into the cache, several at once (errors wait for the real load)."""
+
+        def load(manifest_id: str) -> None:
+            try:
+                self.load_manifest(manifest_id)
+            except ModelfsError as e:
+                log.debug("preloading manifest %s failed: %s", manifest_id, e)
+
+        list(self._io.map(load, manifest_ids[:MANIFEST_CACHE_ENTRIES]))
 
     def is_dir(self, path: str) -> bool:
         """Whether path is a directory: marked by mkdir, or holding a current file."""

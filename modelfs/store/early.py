@@ -1,0 +1,97 @@
+"""Uploading the blocks of a safetensors file while it is still being written.
+
+A mount commits a file when it is closed: split, hash, compress, upload,
+then the manifest. For a model written front to back (cp, save_file) most of
+that can happen before the close. EarlyUploader is told how far the file has
+been written; once the header is complete it knows where every tensor's
+blocks will be cut (the cuts depend on the header alone), and uploads the
+blocks that are wholly written, a pack at a time.
+
+It changes nothing the commit relies on: the commit still reads, splits and
+hashes the whole file, and finds these blocks in the block index, so it only
+uploads what is left. A block that was overwritten after its early upload
+gets a new id at the commit; the early copy is then unreferenced garbage,
+as is everything uploaded early for a file that is never committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import ModelfsError
+from .chunking import RandomAccess, Span, tensor_spans
+from .store import Store
+from .tensorfile import header_size_needed, parse_layout
+
+log = logging.getLogger(__name__)
+
+# A safetensors header never says more than this many bytes follow it: the file's
+# real size is not known while it is written, and parse_layout checks offsets against it.
+_UNKNOWN_SIZE = 1 << 62
+
+
+class EarlyUploader:
+    """Uploads the wholly written blocks of one file being written front to back.
+
+    advance() blocks (run it in a thread); calls must not overlap.
+    """
+
+    def __init__(self, store: Store, source: RandomAccess, path: str) -> None:
+        self.store = store
+        self.source = source
+        self.path = path
+        self.active = True  # False once the file turns out not to suit (or a call failed)
+        self.uploaded_to = 0  # every block ending at or before this offset is uploaded
+        self.uploaded_bytes = 0  # stored bytes sent early
+        self._spans: list[Span] | None = None
+        self._next = 0  # index in _spans of the first block not yet uploaded
+
+    def advance(self, written: int, *, minimum: int) -> None:
+        """Upload the blocks within the first `written` bytes once they add up to `minimum`."""
+        if not self.active:
+            return
+        try:
+            if self._spans is None and not self._plan(written):
+                return
+            assert self._spans is not None
+            end = self._next
+            while end < len(self._spans) and self._spans[end].end <= written:
+                end += 1
+            if end == self._next or self._spans[end - 1].end - self.uploaded_to < minimum:
+                return
+            batch = self._spans[self._next : end]
+            self.uploaded_bytes += self.store.upload_blocks(self.source, batch)
+            self._next = end
+            self.uploaded_to = batch[-1].end
+            log.debug("%s: blocks up to offset %d uploaded early", self.path, self.uploaded_to)
+        except (ModelfsError, OSError) as e:
+            # The commit at close uploads whatever is missing, and reports its own errors.
+            self.active = False
+            log.info("uploading %s early stopped, the commit will upload it: %s", self.path, e)
+
+    def _plan(self, written: int) -> bool:
+        """Find the block cuts once the header is written; False until then (or never)."""
+        if written < 8:
+            return False
+        need = header_size_needed(self.source.pread(0, 8))
+        if need == 8:  # no safetensors header: cut by content at the commit
+            self.active = False
+            return False
+        if written < need:
+            return False
+        layout = parse_layout(self.source.pread(0, need), _UNKNOWN_SIZE)
+        if layout is None:
+            self.active = False
+            return False
+        limits = self.store.config.chunking
+        spans = [Span(0, layout.header_end)]
+        pos = layout.header_end
+        for t in layout.tensors:
+            if t.end == t.start:
+                continue  # empty: no block, as in split()
+            if t.start != pos:
+                break  # a gap is cut by content: leave it and what follows to the commit
+            spans.extend(tensor_spans(t.start, t.end, t.itemsize, t.dtype, limits.max_size))
+            pos = t.end
+        self._spans = spans
+        return True
