@@ -44,7 +44,7 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = False
     refresh_interval: float = 5.0
-    readahead_kb: int = 4096
+    readahead_kb: int = 1024
     fuse_options: list[str] = field(default_factory=list)
     max_requests: int = DEFAULT_MAX_REQUESTS
     retry_seconds: float | None = None

@@ -62,10 +62,10 @@ DIR_MODE = stat.S_IFDIR | 0o755
 XATTR_PREFIX = "user."
 BLOCK_SIZE = 4096
 MIN_READAHEAD = 4 << 20
-# Twice the kernel's own readahead (mount.py raises it to 4 MiB): a page fault in an
-# mmap makes the kernel read 4 MiB around it in 1 MiB requests, which look sequential
-# but are all the reader wants (safetensors maps the file and touches one tensor).
-SEQUENTIAL_THRESHOLD = 8 << 20
+# Twice the kernel's own readahead (mount.py raises it to 1 MiB): a page fault in an
+# mmap makes the kernel read 1 MiB around it, which may look sequential but is all
+# the reader wants (safetensors maps the file and touches one tensor).
+SEQUENTIAL_THRESHOLD = 2 << 20
 NEAR = 8 << 20  # reads this close to the last ones continue a sequential run
 MAX_READAHEAD = 64 << 20
 
