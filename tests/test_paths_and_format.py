@@ -16,6 +16,7 @@ import pytest
 from modelfs.backends.base import check_key
 from modelfs.errors import FormatError, InvalidPathError, NameTooLongError, UnsupportedFormatError
 from modelfs.store.format import FORMAT_VERSION, ChunkingLimits, StoreConfig
+from modelfs.store.manifest import Manifest
 from modelfs.store.paths import (
     NAME_MAX,
     PATH_MAX,
@@ -268,3 +269,33 @@ def test_invalid_chunking_limits_raise_value_error(kwargs: dict[str, int]) -> No
 def test_invalid_store_config_raises_value_error(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         StoreConfig(**kwargs)
+
+
+def _manifest_doc(block_id: object, pack: object) -> bytes:
+    row = [0, 10, block_id, pack, 0, 10, "raw", "0" * 32]
+    doc = {"version": FORMAT_VERSION, "size": 10, "content_hash": "blake3:" + "0" * 64,
+           "layout": "cdc", "metadata": {}, "blocks": [row]}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+def test_a_manifest_with_good_ids_loads() -> None:
+    manifest = Manifest.from_bytes(_manifest_doc("ab" * 32, "cd" * 32))
+    assert manifest.blocks[0].location.pack == "cd" * 32
+
+
+@pytest.mark.parametrize(
+    ("block_id", "pack"),
+    [
+        ("ab" * 32, "../../config" + "0" * 52),  # a key outside packs/ if it were trusted
+        ("AB" * 32, "cd" * 32),  # ids are lower-case hex
+        ("ab" * 32, "cd" * 31),  # too short
+        ("ab" * 32, "cd" * 33),  # too long
+        (12345, "cd" * 32),
+        ("ab" * 32, None),
+    ],
+)
+def test_a_manifest_naming_a_block_or_pack_by_anything_but_a_hex_id_is_refused(
+    block_id: object, pack: object
+) -> None:
+    with pytest.raises(FormatError, match="not a hex id"):
+        Manifest.from_bytes(_manifest_doc(block_id, pack))

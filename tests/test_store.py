@@ -682,3 +682,75 @@ def test_fsck_reports_a_pack_whose_block_table_was_altered(
 
     assert not report.ok
     assert any(pack_id in p and "does not match its name" in p for p in report.problems)
+
+
+# uploading while a file is written
+
+
+class GrowingFile:
+    """The first `written` bytes of data: a file a writer is still writing, front to back."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.written = 0
+
+    @property
+    def size(self) -> int:
+        return self.written
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.data[offset : min(offset + length, self.written)]
+
+
+def memory_store() -> Store:
+    from modelfs.backends.memory import MemoryBackend
+
+    return Store.create(MemoryBackend())
+
+
+def test_blocks_uploaded_while_a_safetensors_file_is_written_are_skipped_by_its_commit(
+    minilm_bytes: bytes,
+) -> None:
+    from modelfs.store.early import EarlyUploader
+
+    store = memory_store()
+    growing = GrowingFile(minilm_bytes)
+    early = EarlyUploader(store, growing, PATH)
+    for end in range(1 << 20, len(minilm_bytes) + (1 << 20), 1 << 20):
+        growing.written = min(end, len(minilm_bytes))
+        early.advance(growing.written, minimum=8 << 20)
+    assert early.active and early.uploaded_to > len(minilm_bytes) - (8 << 20)
+    result = store.put(PATH, minilm_bytes)
+    # Only what was written after the last early step is left for the commit.
+    assert result.uploaded_bytes < (8 << 20) < early.uploaded_bytes
+    assert store.manifest(PATH).size == len(minilm_bytes)
+
+
+def test_an_early_upload_of_bytes_later_overwritten_does_not_reach_the_version(
+    minilm_bytes: bytes, tmp_path: Path
+) -> None:
+    from modelfs.store.early import EarlyUploader
+
+    store = memory_store()
+    growing = GrowingFile(minilm_bytes)
+    early = EarlyUploader(store, growing, PATH)
+    growing.written = len(minilm_bytes)
+    early.advance(growing.written, minimum=1)
+    changed = bytearray(minilm_bytes)
+    changed[-4096:] = os.urandom(4096)
+    store.put(PATH, bytes(changed))
+    with modelfs.Client(store, cache_dir=tmp_path / "cache") as client:
+        assert client.read(PATH) == bytes(changed)
+
+
+def test_a_file_that_is_not_safetensors_is_left_to_its_commit() -> None:
+    from modelfs.store.early import EarlyUploader
+
+    store = memory_store()
+    data = os.urandom(4 << 20)
+    growing = GrowingFile(data)
+    growing.written = len(data)
+    early = EarlyUploader(store, growing, "blob.bin")
+    early.advance(len(data), minimum=1)
+    assert not early.active and early.uploaded_bytes == 0
+    assert store.put("blob.bin", data).new_blocks > 0

@@ -33,7 +33,7 @@ import stat
 import time
 from collections.abc import Callable
 from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -161,6 +161,7 @@ class Operations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(threads)
         # One file at a time uploads early; its upload itself runs several requests.
         self._early_uploads = ThreadPoolExecutor(1, thread_name_prefix="modelfs-early-upload")
+        self._fsyncs = ThreadPoolExecutor(2, thread_name_prefix="modelfs-fsync")
         self._refresh_lock = trio.Lock()
         self._changes = 0  # bumped whenever this mount updates the tree from the store
         self._copy_locks: dict[int, trio.Lock] = {}  # id(staged) -> lock of its one copy-in
@@ -964,13 +965,25 @@ class Operations(pyfuse3.Operations):
             return
         staged.dirty = False
         await self._wait_early_upload(staged)
+        closing: Future[None] | None = None
         try:
             await self._materialize(staged)  # a metadata-only change still commits the content
-            await self._run(self.staging.mark_closed, staged)
-            version = await self._run(staged.commit_to, self.store)
+            # The upload need not wait for the staged data to reach the disk (an fsync of
+            # a large model takes a good part of a second): both run at once, and a failed
+            # upload returns only once its data is durable and marked closed.
+            closing = self._fsyncs.submit(self.staging.mark_closed, staged)
+            try:
+                version = await self._run(staged.commit_to, self.store)
+            finally:
+                await trio.to_thread.run_sync(futures.wait, [closing])
         except BaseException as e:
             staged.dirty = True
             self.counters.commit_errors += 1
+            if closing is not None and closing.exception() is not None:
+                log.error(
+                    "%s could not be marked closed, so the next mount will not commit it: %s",
+                    path, closing.exception(),
+                )  # fmt: skip
             log.error(
                 "committing %s failed; its data stays staged in %s: %s", path, staged.data_path, e
             )
@@ -1060,6 +1073,7 @@ class Operations(pyfuse3.Operations):
     def close(self) -> None:
         """After unmounting: wait for early uploads still running."""
         self._early_uploads.shutdown(wait=True)
+        self._fsyncs.shutdown(wait=True)
 
     async def start(self) -> None:
         """Before the mount is ready: list the store (the first lookups need no request)
