@@ -8,8 +8,7 @@
   byte; then byte k of every element is gathered into stream k. The exponent
   stream compresses several-fold while the mantissa streams are near-random;
   each stream is stored as zstd or raw, whichever is smaller, so no CPU is
-  spent decompressing noise (a stream whose bytes look like noise, by the
-  entropy of a 64 KiB slice, is stored raw without trying zstd). Streams use zstd level 1 whatever the store's
+  spent decompressing noise. Streams use zstd level 1 whatever the store's
   level: on exponent bytes it beats level 3 (0.36 vs 0.41 of their size on
   MiniLM in bf16) because longer match searches only find spurious matches.
 - A stream whose bytes are nearly all among 15 values (an exponent stream:
@@ -50,7 +49,6 @@ _MAX_NIBBLE_ESCAPES = 1 / 256
 # Below this, grouping costs more in stream headers than it saves.
 _MIN_GROUPED_SIZE = 4096
 _GROUPED_STREAM_LEVEL = 1
-_INCOMPRESSIBLE_SAMPLE = 64 << 10
 
 _local = threading.local()
 
@@ -116,29 +114,14 @@ def _encode_grouped(data: bytes | memoryview, width: int, level: int) -> bytes:
             header.append(struct.pack("<BI", _STREAM_NIBBLES, len(nibbles)))
             bodies.append(nibbles)
             continue
-        packed = None if _looks_incompressible(stream) else compressor.compress(stream)
-        if packed is not None and len(packed) < stream.size:
+        packed = compressor.compress(stream)
+        if len(packed) < stream.size:
             header.append(struct.pack("<BI", _STREAM_ZSTD, len(packed)))
             bodies.append(packed)
         else:
             header.append(struct.pack("<BI", _STREAM_RAW, stream.size))
             bodies.append(stream)
     return b"".join(header + bodies)
-
-
-def _looks_incompressible(stream: np.ndarray) -> bool:
-    """Whether zstd would save under 0.5% of a stream, judged from a slice of it.
-
-    Low mantissa bytes are noise: compressing a whole stream of them only to store
-    it raw costs a sixth of a put's CPU. On noise zstd finds no matches and can only
-    code single bytes, so the bytes' entropy in a slice bounds what it would save."""
-    if stream.size < 4 * _INCOMPRESSIBLE_SAMPLE:
-        return False
-    middle = stream.size // 2
-    counts = np.bincount(stream[middle : middle + _INCOMPRESSIBLE_SAMPLE], minlength=256)
-    p = counts[counts > 0] / _INCOMPRESSIBLE_SAMPLE
-    bits_per_byte = float(-(p * np.log2(p)).sum())
-    return bits_per_byte > 8 * 0.995
 
 
 _CODES = np.arange(256)
