@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -59,6 +60,8 @@ class StagedFile:
     early: EarlyUploader | None = None
     early_task: Future[None] | None = None
     written_end: int = 0  # the writes so far cover [0, written_end) in order
+    # The journal is written from worker threads (mark_closed runs beside the upload).
+    _journal_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
@@ -76,12 +79,14 @@ class StagedFile:
         return os.pread(self.fd, length, offset)
 
     def write_journal(self) -> None:
-        tmp = self.journal_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"path": self.path, "state": self.state, "metadata": self.metadata}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.journal_path)
+        with self._journal_lock:
+            tmp = self.journal_path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                doc = {"path": self.path, "state": self.state, "metadata": self.metadata}
+                json.dump(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.journal_path)
 
 
 class StagingArea:
