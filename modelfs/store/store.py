@@ -414,16 +414,17 @@ class Store:
         return self.load_manifest(version.manifest)
 
     def load_manifest(self, manifest_id: str) -> Manifest:
+        manifest = self._cached_manifest(manifest_id)
+        if manifest is not None:
+            return manifest
         # One load per manifest at a time: a second caller waits for the first.
         with self._manifests_lock:
             loading = self._manifest_loads.setdefault(manifest_id, threading.Lock())
-        with loading:
-            with self._manifests_lock:
-                manifest = self._manifests.get(manifest_id)
+        try:
+            with loading:
+                manifest = self._cached_manifest(manifest_id)  # loaded while we waited
                 if manifest is not None:
-                    self._manifests.move_to_end(manifest_id)
                     return manifest
-            try:
                 try:
                     data = self.backend.get(manifest_key(manifest_id))
                 except NotFoundError:
@@ -436,9 +437,17 @@ class Store:
                     while len(self._manifests) > MANIFEST_CACHE_ENTRIES:
                         self._manifests.popitem(last=False)
                 return manifest
-            finally:
-                with self._manifests_lock:
-                    self._manifest_loads.pop(manifest_id, None)
+        finally:
+            with self._manifests_lock:
+                if self._manifest_loads.get(manifest_id) is loading:
+                    del self._manifest_loads[manifest_id]
+
+    def _cached_manifest(self, manifest_id: str) -> Manifest | None:
+        with self._manifests_lock:
+            manifest = self._manifests.get(manifest_id)
+            if manifest is not None:
+                self._manifests.move_to_end(manifest_id)
+            return manifest
 
     def preload_manifests(self, manifest_ids: Sequence[str]) -> None:
         """Load manifests into the cache, several at once (errors wait for the real load)."""
