@@ -329,9 +329,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         run_foreground(opts, args.ready_fd)
         return 0
-    from .mount import check_mountpoint
+    from .mount import check_fuse_available, check_mountpoint
 
-    check_mountpoint(args.mountpoint)  # fail fast, in the caller's terminal
+    check_fuse_available()  # fail fast, in the caller's terminal
+    check_mountpoint(args.mountpoint)
     log_file = args.log_file or os.path.join(
         args.cache_dir or str(default_cache_dir(args.store)), "mount.log"
     )

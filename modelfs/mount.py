@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S = 10.0  # the kernel sends INIT at once; report ready anyway after this
+FUSE_DEVICE = "/dev/fuse"  # a module constant, so a test can point it at a missing path
+_PYFUSE3_BUILD = (
+    "it needs libfuse3-dev and pkg-config to build; apt-get install fuse3 libfuse3-dev pkg-config"
+)
 
 
 @dataclass
@@ -80,11 +85,49 @@ def raise_readahead(real_mountpoint: str, kb: int) -> None:
         log.info("kernel readahead left at its default (%s)", e)
 
 
-def check_mountpoint(mountpoint: str) -> None:
-    if not os.path.exists("/dev/fuse"):
+def mount_id(real_mountpoint: str) -> int | None:
+    """The id /proc/*/fdinfo gives files of the mount at real_mountpoint (None: not found)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            ids = [int(line.split()[0]) for line in f if line.split()[4] == real_mountpoint]
+    except (OSError, ValueError, IndexError):
+        return None
+    return ids[-1] if ids else None
+
+
+def check_fusermount3() -> None:
+    """libfuse runs fusermount3 to mount for a user who is not root; `modelfs umount` runs it."""
+    if shutil.which("fusermount3") is None:
+        raise ModelfsError("fusermount3 is not installed (or not on PATH): apt-get install fuse3")
+
+
+def check_fuse_available() -> None:
+    """Fail with one line saying what to install when a piece a mount needs is missing:
+    the pyfuse3 module, the FUSE device, fusermount3.
+
+    Run before daemonising too, so the error reaches the caller's terminal and
+    not only the daemon's log.
+    """
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == "pyfuse3":
+            raise ModelfsError(
+                f"pyfuse3 is not installed: pip install 'modelfs[fuse]' ({_PYFUSE3_BUILD})"
+            ) from None
+        why = " ".join(str(e).split())  # one line, whatever the loader said
         raise ModelfsError(
-            "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse"
+            f"pyfuse3 is installed but cannot be imported ({why}): "
+            f"pip install --force-reinstall 'modelfs[fuse]' ({_PYFUSE3_BUILD})"
+        ) from None
+    if not os.path.exists(FUSE_DEVICE):
+        raise ModelfsError(
+            f"{FUSE_DEVICE} is missing: load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse"
         )
+    check_fusermount3()
+
+
+def check_mountpoint(mountpoint: str) -> None:
     if not os.path.isdir(mountpoint):
         raise ModelfsError(f"mountpoint {mountpoint} does not exist or is not a directory")
     try:
@@ -100,10 +143,6 @@ def check_mountpoint(mountpoint: str) -> None:
 
 def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
     """Mount and serve until unmounted or signalled. Reports readiness or the error on ready_fd."""
-    import pyfuse3
-
-    from .fs.operations import Operations
-    from .fs.staging import StagingArea
 
     def report(message: str) -> None:
         if ready_fd is not None:
@@ -114,7 +153,13 @@ def run_foreground(opts: MountOptions, ready_fd: int | None = None) -> None:
     ops: Operations | None = None
     mounted = False
     try:
+        check_fuse_available()  # before anything imports pyfuse3: say what to install
         check_mountpoint(opts.mountpoint)
+        import pyfuse3
+
+        from .fs.operations import Operations
+        from .fs.staging import StagingArea
+
         client = open_store(
             opts.store, cache_dir=opts.cache_dir, cache_size=opts.cache_size,
             max_requests=opts.max_requests, retry_seconds=opts.retry_seconds,
@@ -193,10 +238,12 @@ async def _serve(
             with trio.move_on_after(INIT_TIMEOUT_S):
                 await ops.initialized.wait()
             await trio.to_thread.run_sync(raise_readahead, real_mountpoint, readahead_kb)
+            ops.writes.processes.mount_id = await trio.to_thread.run_sync(mount_id, real_mountpoint)
             ready()
             await ops.warm_manifests()
 
         nursery.start_soon(raise_readahead_then_report_ready)
+        nursery.start_soon(ops.retry_failed_commits)
 
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -248,26 +295,15 @@ def sync_staged(
     Files closed but not uploaded are committed; partial writes are moved to
     recovered/ (see fs/staging.py). Refused while a mount uses that cache directory.
     """
-    from .fs.staging import StagingArea
+    from .fs.staging import StagingArea, commit_leftovers
 
-    committed: list[str] = []
-    failed: list[str] = []
     with open_store(store, cache_dir=cache_dir, **open_options) as client:
         assert client.reader.disk_cache is not None
         staging = StagingArea(client.reader.disk_cache.directory / "staging")
         try:
-            for staged in staging.leftovers():
-                try:
-                    staged.commit_to(client.store)
-                except ModelfsError as e:
-                    log.error("could not commit staged %s; it stays staged: %s", staged.path, e)
-                    failed.append(staged.path)
-                    continue
-                staging.discard(staged)
-                committed.append(staged.path)
+            return commit_leftovers(staging, client.store)
         finally:
             staging.close()
-    return committed, failed
 
 
 def _is_modelfs_process(pid: int) -> bool:
@@ -301,6 +337,7 @@ def unmount(mountpoint: str, timeout: float = 60.0) -> None:
     if fs_type != "fuse.modelfs":
         what = f"it is a {fs_type} mount" if fs_type else "nothing is mounted there"
         raise ModelfsError(f"{mountpoint} is not a modelfs mount ({what})")
+    check_fusermount3()
     pidf = pid_file(mountpoint)
     pid = int(pidf.read_text()) if pidf.exists() else None
     proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)

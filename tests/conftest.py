@@ -334,3 +334,21 @@ def expect_warnings(caplog: pytest.LogCaptureFixture):
         caplog.expected_warnings = (*getattr(caplog, "expected_warnings", ()), *fragments)
 
     return allow
+
+
+@pytest.fixture
+def fs_mounts(tmp_path: Path) -> Iterator:
+    """fs_mounts(backend) is a new mount without FUSE (tests/fsdriver.py) of that store, not
+    yet started; every one is closed after the test."""
+    from fsdriver import Mount
+
+    made: list[Mount] = []
+
+    def make(backend: Backend, **kwargs) -> Mount:
+        m = Mount(backend, tmp_path / f"fs-mount{len(made)}", **kwargs)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()

@@ -29,6 +29,14 @@ class WrappedBackend(Backend):
         self.inner = inner
         self.url = inner.url
 
+    @property
+    def max_key_bytes(self) -> int | None:
+        return self.inner.max_key_bytes
+
+    @property
+    def key_limit_reason(self) -> str:
+        return self.inner.key_limit_reason
+
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         return self.inner.get(key, byte_range)
 

@@ -12,11 +12,21 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from seaweed import REGION, SeaweedFS
 
-from modelfs.backends import Backend, ByteRange, LocalBackend, open_backend
+from modelfs.backends import (
+    Backend,
+    ByteRange,
+    LocalBackend,
+    MemoryBackend,
+    RetryingBackend,
+    open_backend,
+)
+from modelfs.backends.s3 import S3Backend
 from modelfs.errors import (
     AlreadyExistsError,
     BackendError,
@@ -142,24 +152,46 @@ def test_put_replaces_the_whole_blob(backend: Backend) -> None:
 def test_concurrent_readers_see_the_old_or_the_new_blob_never_a_mix(backend: Backend) -> None:
     old, new = b"o" * (256 << 10), b"n" * (300 << 10)
     backend.put("blob", old)
-    seen: set[bytes] = set()
+    readers = 2
+    reads = [0] * readers
+    mixes: list[str] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
 
-    def read() -> None:
-        while not stop.is_set():
-            seen.add(backend.get("blob"))
+    def read(r: int) -> None:
+        try:
+            while not stop.is_set():
+                data = backend.get("blob")
+                if data not in (old, new):
+                    mixes.append(f"reader {r} got {len(data)} bytes, neither blob")
+                reads[r] += 1
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
 
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    for r in readers:
-        r.start()
+    threads = [threading.Thread(target=read, args=(r,)) for r in range(readers)]
+    for t in threads:
+        t.start()
+    at_start = list(reads)
+    puts, deadline = 0, time.monotonic() + 60
+
+    def every_reader_read_meanwhile() -> bool:
+        return all(n - s >= 5 for n, s in zip(reads, at_start, strict=True))
+
     try:
-        for i in range(40):
-            backend.put("blob", new if i % 2 == 0 else old)
+        # Keep replacing it until each reader has read while it was being replaced:
+        # a reader that never ran, or died, must not let the test pass.
+        while all(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            if puts >= 40 and every_reader_read_meanwhile():
+                break
+            backend.put("blob", new if puts % 2 == 0 else old)
+            puts += 1
     finally:
         stop.set()
-        for r in readers:
-            r.join()
-    assert seen <= {old, new}
+        for t in threads:
+            t.join()
+    assert not errors, f"a reader died: {errors!r}"
+    assert not mixes, mixes[:3]
+    assert every_reader_read_meanwhile(), f"readers read {reads} times, {at_start} before the puts"
 
 
 def test_put_if_absent_creates_a_new_blob(backend: Backend) -> None:
@@ -310,6 +342,75 @@ def test_keys_with_dots_tildes_and_percents_inside_names_are_fine(backend: Backe
         backend.put(k, k.encode())
     assert [backend.get(k) for k in keys] == [k.encode() for k in keys]
     assert list(backend.list()) == sorted(keys)
+
+
+def _key_of_length(length: int) -> str:
+    """A key of exactly length bytes, of 200-byte components (each backend takes 255)."""
+    parts: list[str] = []
+    while length > 201:
+        parts.append("k" * 200)
+        length -= 201
+    return "/".join([*parts, "k" * length])
+
+
+def test_a_key_of_max_key_bytes_is_held_and_one_byte_longer_is_refused(backend: Backend) -> None:
+    limit = backend.max_key_bytes
+    if limit is None:  # no limit: a key of 10 KiB is as good as any
+        key = _key_of_length(10_240)
+        backend.put(key, b"long")
+        assert backend.get(key) == b"long" and list(backend.list()) == [key]
+        return
+    key = _key_of_length(limit)
+    assert len(key) == limit
+    backend.put_if_absent(key, b"at the limit")
+    assert backend.get(key) == b"at the limit" and backend.head(key).size == 12
+    assert list(backend.list(key[:-1])) == [key]
+    backend.delete(key)
+    # The limit is where the keys go, not modelfs' own: the backend itself refuses past it.
+    with pytest.raises(BackendError):
+        backend.put(_key_of_length(limit + 1), b"one byte over")
+    assert list(backend.list()) == []
+
+
+def test_a_local_backends_key_limit_is_path_max_less_its_root_directory(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "blobs", create=True)
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX")
+    # ROOT/KEY, and PATH_MAX counts the terminating NUL.
+    assert backend.max_key_bytes == path_max - len(os.fsencode(tmp_path / "blobs")) - 2
+    assert backend.key_limit_reason == (
+        f"the filesystem's PATH_MAX of {path_max:,} less the store directory's path"
+    )
+    deeper = LocalBackend(tmp_path / "blobs" / ("é" * 100), create=True)
+    assert deeper.max_key_bytes == backend.max_key_bytes - 201  # bytes, not characters
+
+
+def test_an_s3_backends_key_limit_is_1024_bytes_less_its_prefix(
+    seaweedfs: SeaweedFS, s3_bucket: str
+) -> None:
+    def backend(prefix: str) -> S3Backend:
+        return S3Backend(
+            s3_bucket, prefix, endpoint_url=seaweedfs.endpoint, region_name=REGION,
+            aws_access_key_id=seaweedfs.access_key, aws_secret_access_key=seaweedfs.secret_key,
+        )  # fmt: skip
+
+    with backend("0123456789abcdef") as b:  # as the tests' stores are
+        assert b.max_key_bytes == 1024 - 17
+        assert b.key_limit_reason == "S3's 1,024 less the store's prefix"
+    with backend("models/é") as b:
+        assert b.max_key_bytes == 1024 - len("models/é/".encode()) == 1014
+    with backend("") as b:
+        assert b.max_key_bytes == 1024 and b.key_limit_reason == "S3's limit on an object key"
+
+
+def test_the_retrying_wrapper_passes_the_inner_backends_key_limit_through(
+    tmp_path: Path,
+) -> None:
+    local = LocalBackend(tmp_path / "blobs", create=True)
+    wrapped = RetryingBackend(local)
+    assert wrapped.max_key_bytes == local.max_key_bytes is not None
+    assert wrapped.key_limit_reason == local.key_limit_reason
+    assert RetryingBackend(MemoryBackend()).max_key_bytes is None
+    assert MemoryBackend().max_key_bytes is None
 
 
 # LocalBackend only

@@ -29,7 +29,9 @@ from modelfs.backends import open_backend
 from modelfs.backends.base import Backend, Data
 from modelfs.errors import BackendError, IsADirectoryError_, NotADirectoryError_
 from modelfs.store import Manifest, PutResult, Store
+from modelfs.store.chunking import Span, split
 from modelfs.store.format import pack_key
+from modelfs.store.tensorfile import read_layout
 
 PATH = "minilm/model.safetensors"
 
@@ -754,3 +756,44 @@ def test_a_file_that_is_not_safetensors_is_left_to_its_commit() -> None:
     early.advance(len(data), minimum=1)
     assert not early.active and early.uploaded_bytes == 0
     assert store.put("blob.bin", data).new_blocks > 0
+
+
+def _planned_and_split(data: bytes) -> tuple[list[Span], list[Span]]:
+    """The blocks the early uploader plans for data, written whole, and those split() makes."""
+    from modelfs.store.early import EarlyUploader
+
+    store = memory_store()
+    growing = GrowingFile(data)
+    growing.written = len(data)
+    early = EarlyUploader(store, growing, PATH)
+    early.advance(len(data), minimum=len(data) + 1)  # plan, upload nothing
+    assert early.active and early.uploaded_bytes == 0 and early.spans is not None
+    layout = read_layout(io.BytesIO(data), len(data))
+    return early.spans, split(memoryview(data), layout, store.config.chunking)
+
+
+def test_the_blocks_uploaded_early_are_exactly_a_prefix_of_the_blocks_the_commit_cuts(
+    minilm_bytes: bytes,
+) -> None:
+    planned, commit = _planned_and_split(minilm_bytes)
+    # MiniLM's tensors follow one another without gaps: every block but none after them.
+    assert len(planned) == len(commit) > 100
+    assert planned == commit[: len(planned)]
+
+
+def test_early_blocks_stop_at_the_first_gap_between_tensors_and_still_match_the_commit(
+    minilm_tensors: dict[str, np.ndarray],
+) -> None:
+    a = minilm_tensors["encoder.layer.0.intermediate.dense.weight"].tobytes()
+    b = minilm_tensors["encoder.layer.0.output.dense.bias"].tobytes()
+    gap = os.urandom(300_000)
+    doc = {
+        "a": {"dtype": "F32", "shape": [len(a) // 4], "data_offsets": [0, len(a)]},
+        "b": {"dtype": "F32", "shape": [len(b) // 4], "data_offsets": [len(a) + len(gap), len(a) + len(gap) + len(b)]},
+    }  # fmt: skip
+    raw = json.dumps(doc).encode()
+    data = struct.pack("<Q", len(raw)) + raw + a + gap + b
+    planned, commit = _planned_and_split(data)
+    assert planned == commit[: len(planned)]
+    header_end = 8 + len(raw)
+    assert planned[-1].end == header_end + len(a) < len(data)  # the header and a, not the gap

@@ -49,6 +49,23 @@ class Backend(ABC):
 
     url: str
 
+    @property
+    def max_key_bytes(self) -> int | None:
+        """The longest key this backend can hold, in bytes of UTF-8; None: no limit.
+
+        A physical limit of where keys go (a filesystem's PATH_MAX less the root
+        directory's path, S3's 1,024 bytes less the store's prefix): no key longer
+        than this can be in the backend, and writing one fails. Each component of a
+        key must also fit in 255 bytes, on every backend. Wrappers pass their inner
+        backend's limit through.
+        """
+        return None
+
+    @property
+    def key_limit_reason(self) -> str:
+        """What sets max_key_bytes, for messages: "S3's 1,024 less the store's prefix"."""
+        return ""
+
     @abstractmethod
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         """The blob, or the part of it in byte_range (short if the blob ends first)."""

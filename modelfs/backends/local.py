@@ -5,6 +5,10 @@ ROOT/.tmp, are fsynced, then renamed into place, so readers never see a
 partial blob and a crash leaves at most a stray temporary file. Conditional
 writes hold an flock on a per-key lock file in ROOT/.locks, which makes them
 safe between processes on one machine (and on NFS only as far as its locks are).
+
+A key is a file path under the root, so the longest key is what the
+filesystem's PATH_MAX leaves after the root directory's own path; the
+temporary and lock files have short names of their own whatever the key.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from ..errors import (
 )
 from .base import Backend, BlobInfo, ByteRange, Data, check_key
 
+_DEFAULT_PATH_MAX = 4096  # Linux's, where pathconf says nothing
+
 
 def _etag(data: Data) -> str:
     return xxhash.xxh3_128_hexdigest(data)
@@ -39,6 +45,15 @@ def _write_error(doing: str, e: OSError) -> BackendError:
     if e.errno in (errno.EACCES, errno.EROFS):
         return PermissionDeniedError(f"{doing}: {e.strerror}")
     return BackendError(f"{doing}: {e}")
+
+
+def _path_max(directory: Path) -> int:
+    """The filesystem's PATH_MAX: the bytes of a path, with its terminating NUL."""
+    try:
+        limit = os.pathconf(directory, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = -1
+    return limit if limit > 0 else _DEFAULT_PATH_MAX
 
 
 def _token(st: os.stat_result) -> str:
@@ -56,6 +71,17 @@ class LocalBackend(Backend):
             raise NotFoundError(f"store directory {self.root} does not exist")
         self._tmp = self.root / ".tmp"
         self._locks = self.root / ".locks"
+        # A blob's path is ROOT/KEY and must be shorter than PATH_MAX, which counts its NUL.
+        self._path_max = _path_max(self.root)
+        self._max_key_bytes = max(0, self._path_max - len(os.fsencode(self.root)) - 2)
+
+    @property
+    def max_key_bytes(self) -> int:
+        return self._max_key_bytes
+
+    @property
+    def key_limit_reason(self) -> str:
+        return f"the filesystem's PATH_MAX of {self._path_max:,} less the store directory's path"
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -16,6 +16,8 @@ from .base import Backend, BlobInfo, ByteRange, Data, check_key
 
 
 class MemoryBackend(Backend):
+    """Keys of any length (max_key_bytes is None): blobs are dict entries."""
+
     def __init__(self) -> None:
         self.url = f"memory://{id(self):x}"
         self._blobs: dict[str, bytes] = {}

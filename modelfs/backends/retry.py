@@ -62,6 +62,14 @@ class RetryingBackend(Backend):
         self._state_lock = threading.Lock()
 
     @property
+    def max_key_bytes(self) -> int | None:
+        return self.inner.max_key_bytes
+
+    @property
+    def key_limit_reason(self) -> str:
+        return self.inner.key_limit_reason
+
+    @property
     def unavailable(self) -> bool:
         """Whether a call has failed for the whole bound and none has succeeded since."""
         return self._unavailable_since is not None

@@ -49,6 +49,7 @@ from .base import Backend, BlobInfo, ByteRange, Data, check_key
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+MAX_KEY_BYTES = 1024  # S3's limit on an object key, in bytes of UTF-8, with the prefix
 MULTIPART_THRESHOLD = 64 * MiB
 PART_SIZE = 32 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's limit for every part but the last
@@ -230,6 +231,16 @@ class S3Backend(Backend):
             raise self._error(e, "opening") from None
         except (botocore.exceptions.BotoCoreError, OSError) as e:
             raise self._error(e, "opening") from None
+
+    @property
+    def max_key_bytes(self) -> int:
+        return MAX_KEY_BYTES - len(self.prefix.encode())
+
+    @property
+    def key_limit_reason(self) -> str:
+        if not self.prefix:
+            return "S3's limit on an object key"
+        return f"S3's {MAX_KEY_BYTES:,} less the store's prefix"
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)

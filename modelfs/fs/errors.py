@@ -33,8 +33,12 @@ def to_fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T
         except ModelfsError as e:
             if e.errno == errno.EIO:
                 log.error("%s: %s", fn.__name__, e)
-            else:
-                log.debug("%s: %s (%s)", fn.__name__, e, errno.errorcode.get(e.errno, e.errno))
+            elif e.errno == errno.ENOENT:
+                log.debug("%s: %s (ENOENT)", fn.__name__, e)
+            else:  # a refusal: say why once, in words, not only the errno
+                log.info(
+                    "%s refused: %s (%s)", fn.__name__, e, errno.errorcode.get(e.errno, e.errno)
+                )
             raise pyfuse3.FUSEError(e.errno) from None
         except OSError as e:  # local staging files: disk full, I/O error
             log.error("%s: %s", fn.__name__, e)

@@ -6,11 +6,15 @@ names the store path, the state and the metadata to commit:
 
 - "open": being written. After a crash its data is a partial write: the next
   mount keeps it, moved to recovered/, and logs where, but never commits it.
-- "closed": closed by the application and due to be committed. After a crash
-  or a failed upload the next mount (or `modelfs sync`) commits it.
+- "closed": every writer closed it (or fsync asked for it), and it is due to
+  be committed. After a crash or a failed upload the next mount (or `modelfs
+  sync`) commits it.
+- "committed": committed, and only kept while handles are still open. After
+  a crash it is dropped (committing it again would add a second version).
 
 The journal is written (and fsynced) before the state it describes is
-relied on, so a crash never loses a closed file's data.
+relied on: a file goes back to "open" before a change after its commit, so
+a crash never loses a closed file's data and never commits a partial one.
 
 Caveats:
 - One mount at a time may use a staging directory; the lock file enforces it.
@@ -26,13 +30,11 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelfsError
-from ..store import Manifest, Store, Version
-from ..store.early import EarlyUploader
+from ..store import Store, Version
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +43,50 @@ log = logging.getLogger(__name__)
 MODE_KEY = "modelfs.mode"
 
 
+# Where the file is in its life; see the module docstring.
+OPEN, CLOSED, COMMITTED = "open", "closed", "committed"
+
+
 @dataclass
 class StagedFile:
     """A file being written: its local data and what to commit it as."""
 
-    path: str
+    path: str  # "" once unlinked: it is then never committed
     data_path: Path
     journal_path: Path
     metadata: dict[str, str] = field(default_factory=dict)
-    state: str = "open"
+    state: str = OPEN
     fd: int = -1
-    dirty: bool = False
-    handles: int = 0
-    # The committed content this file starts from, not yet copied in: opening a
-    # large model for writing (as `touch` does) copies nothing until a byte changes.
-    base: Manifest | None = None
-    # Uploading blocks while the file is written front to back (None: not this file).
-    early: EarlyUploader | None = None
-    early_task: Future[None] | None = None
-    written_end: int = 0  # the writes so far cover [0, written_end) in order
     # The journal is written from worker threads (mark_closed runs beside the upload).
     _journal_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
-        return self.base.size if self.base is not None else os.fstat(self.fd).st_size
+        return os.fstat(self.fd).st_size
 
     def commit_to(self, store: Store) -> Version:
         """Store the staged data as the next version of its path (blocking: run in a thread)."""
         metadata = {k: v for k, v in self.metadata.items() if k != MODE_KEY}
         mode = int(self.metadata.get(MODE_KEY, 0))
-        store.put(self.path, self.data_path, metadata=metadata, mode=mode)
-        return store.version(self.path)
+        result = store.put(self.path, self.data_path, metadata=metadata, mode=mode)
+        return store.version(self.path, result.version)
 
     def pread(self, offset: int, length: int) -> bytes:
         """The staged bytes (a RandomAccess for the early uploader)."""
         return os.pread(self.fd, length, offset)
 
-    def write_journal(self) -> None:
+    def write_journal(self, state: str | None = None, *, durable: bool = True) -> None:
+        """Record the path, metadata and state (this one, if given) in the journal."""
         with self._journal_lock:
+            if state is not None:
+                self.state = state
             tmp = self.journal_path.with_suffix(".tmp")
             with open(tmp, "w") as f:
                 doc = {"path": self.path, "state": self.state, "metadata": self.metadata}
                 json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, self.journal_path)
 
 
@@ -119,8 +120,7 @@ class StagingArea:
     def mark_closed(self, staged: StagedFile) -> None:
         """Make the data durable and record that it is complete and due to be committed."""
         os.fsync(staged.fd)
-        staged.state = "closed"
-        staged.write_journal()
+        staged.write_journal(CLOSED)
 
     def discard(self, staged: StagedFile) -> None:
         if staged.fd >= 0:
@@ -128,6 +128,20 @@ class StagingArea:
             staged.fd = -1
         staged.data_path.unlink(missing_ok=True)
         staged.journal_path.unlink(missing_ok=True)
+
+    def recover(self, staged: StagedFile) -> Path:
+        """Keep a partial file out of the way, in recovered/, never to be committed."""
+        if staged.fd >= 0:
+            os.close(staged.fd)
+            staged.fd = -1
+        return self._move_to_recovered(staged.data_path, staged.journal_path, staged.path)
+
+    def _move_to_recovered(self, data: Path, journal: Path, path: str) -> Path:
+        self.recovered.mkdir(exist_ok=True)
+        target = self.recovered / _recovered_name(journal.stem, path)
+        shutil.move(str(data), target)
+        journal.unlink(missing_ok=True)
+        return target
 
     def leftovers(self) -> Iterator[StagedFile]:
         """Files staged by an earlier mount that never finished: closed ones to commit.
@@ -142,19 +156,46 @@ class StagingArea:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("ignoring unreadable staging journal %s: %s", journal, e)
                 continue
-            if not data.exists() or not path:  # gone, or unlinked before it was committed
+            if not data.exists() or not path or state == COMMITTED:
+                # Gone, unlinked before it was committed, or committed already.
                 data.unlink(missing_ok=True)
                 journal.unlink(missing_ok=True)
                 continue
-            if state == "closed":
-                yield StagedFile(path, data, journal, metadata, "closed")
+            if state == CLOSED:
+                yield StagedFile(path, data, journal, metadata, CLOSED)
                 continue
-            self.recovered.mkdir(exist_ok=True)
-            target = self.recovered / (journal.stem + "-" + path.replace("/", "_"))
-            shutil.move(str(data), target)
-            journal.unlink(missing_ok=True)
+            target = self._move_to_recovered(data, journal, path)
             log.warning(
                 "%s was being written when the last mount stopped; its partial data is kept "
                 "in %s and was not committed",
                 path, target,
             )  # fmt: skip
+
+
+def _recovered_name(stem: str, path: str) -> str:
+    """A file name for a partial write of path: the journal's stem, then as much of the
+    path as fits in a name (255 bytes), so a user can tell which file it was."""
+    readable = path.replace("/", "_").encode("utf-8", "surrogateescape")
+    room = 255 - len(stem) - 1
+    return stem + "-" + readable[:room].decode("utf-8", "ignore")
+
+
+def commit_leftovers(staging: StagingArea, store: Store) -> tuple[list[str], list[str]]:
+    """Commit what an earlier mount closed but could not upload: (committed, failed paths).
+
+    Blocking (run it in a thread). Partial writes are moved to recovered/ (see
+    StagingArea.leftovers); a file that fails stays staged for the next try.
+    """
+    committed: list[str] = []
+    failed: list[str] = []
+    for staged in staging.leftovers():
+        try:
+            staged.commit_to(store)
+        except ModelfsError as e:
+            log.error("could not commit staged %s; it stays staged: %s", staged.path, e)
+            failed.append(staged.path)
+            continue
+        log.info("committed %s, staged by an earlier mount", staged.path)
+        staging.discard(staged)
+        committed.append(staged.path)
+    return committed, failed

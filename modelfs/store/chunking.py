@@ -33,6 +33,14 @@ class Span:
         return self.offset + self.length
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Bytes [start, end) that no tensor of a layout covers: cut by content, if at all."""
+
+    start: int
+    end: int
+
+
 class RandomAccess(Protocol):
     """Bytes to be stored, read by offset (a file read with pread, say)."""
 
@@ -95,6 +103,28 @@ def tensor_spans(start: int, end: int, itemsize: int, dtype: str, max_size: int)
         offset += size
 
 
+def layout_cuts(layout: TensorLayout, size: int, max_size: int) -> Iterator[Span | Gap]:
+    """The cuts a safetensors layout fixes, in file order: the header's span, then each
+    non-empty tensor's spans, with a Gap wherever bytes lie before a tensor or after
+    the last one (up to size).
+
+    The one definition of where a safetensors file is cut: split() cuts each Gap
+    by content, and the early uploader (early.py) stops at the first Gap, so what
+    it uploads is exactly a prefix of the blocks the commit makes.
+    """
+    yield Span(0, layout.header_end)
+    pos = layout.header_end
+    for t in layout.tensors:  # sorted by start, never overlapping (parse_layout checks)
+        if t.end == t.start:
+            continue  # an empty tensor makes no block
+        if t.start > pos:
+            yield Gap(pos, t.start)
+        yield from tensor_spans(t.start, t.end, t.itemsize, t.dtype, max_size)
+        pos = t.end
+    if size > pos:
+        yield Gap(pos, size)
+
+
 def split(
     data: bytes | memoryview | RandomAccess, layout: TensorLayout | None, limits: ChunkingLimits
 ) -> list[Span]:
@@ -106,13 +136,10 @@ def split(
         buf, size = data, data.size
     if layout is None:
         return list(cdc_spans(buf, 0, size, limits))
-    spans = [Span(0, layout.header_end)]
-    pos = layout.header_end
-    for t in layout.tensors:
-        if t.end == t.start:
-            continue
-        spans.extend(cdc_spans(buf, pos, t.start, limits))
-        spans.extend(tensor_spans(t.start, t.end, t.itemsize, t.dtype, limits.max_size))
-        pos = t.end
-    spans.extend(cdc_spans(buf, pos, size, limits))
+    spans: list[Span] = []
+    for cut in layout_cuts(layout, size, limits.max_size):
+        if isinstance(cut, Gap):
+            spans.extend(cdc_spans(buf, cut.start, cut.end, limits))
+        else:
+            spans.append(cut)
     return spans

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import ModelfsError
-from .chunking import RandomAccess, Span, tensor_spans
+from .chunking import Gap, RandomAccess, Span, layout_cuts
 from .store import Store
 from .tensorfile import header_size_needed, parse_layout
 
@@ -45,6 +45,12 @@ class EarlyUploader:
         self.uploaded_bytes = 0  # stored bytes sent early
         self._spans: list[Span] | None = None
         self._next = 0  # index in _spans of the first block not yet uploaded
+
+    @property
+    def spans(self) -> list[Span] | None:
+        """The blocks this uploader may upload, in order, once the header is written
+        (None before): always a prefix of what split() cuts the whole file into."""
+        return self._spans
 
     def advance(self, written: int, *, minimum: int) -> None:
         """Upload the blocks within the first `written` bytes once they add up to `minimum`."""
@@ -83,15 +89,10 @@ class EarlyUploader:
         if layout is None:
             self.active = False
             return False
-        limits = self.store.config.chunking
-        spans = [Span(0, layout.header_end)]
-        pos = layout.header_end
-        for t in layout.tensors:
-            if t.end == t.start:
-                continue  # empty: no block, as in split()
-            if t.start != pos:
+        spans: list[Span] = []
+        for cut in layout_cuts(layout, _UNKNOWN_SIZE, self.store.config.chunking.max_size):
+            if isinstance(cut, Gap):
                 break  # a gap is cut by content: leave it and what follows to the commit
-            spans.extend(tensor_spans(t.start, t.end, t.itemsize, t.dtype, limits.max_size))
-            pos = t.end
+            spans.append(cut)
         self._spans = spans
         return True

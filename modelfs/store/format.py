@@ -18,7 +18,11 @@ import xxhash
 from ..errors import FormatError, InvalidArgumentError, UnsupportedFormatError
 
 FORMAT_NAME = "modelfs"
-FORMAT_VERSION = 1
+# 2: names too long for a key component are shortened (see paths.py); directory
+# markers hold their path. Version-1 stores are read and written as they are, and
+# become version 2 when the first shortened key is written (Store.require_format).
+FORMAT_VERSION = 2
+MANIFEST_VERSION = 1  # manifests did not change: the same content keeps the same id
 
 CONFIG_KEY = "config"
 HASH_NAME = "blake3-256"
@@ -160,3 +164,12 @@ class StoreConfig:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"store config is malformed: {e}") from None
+
+
+def config_with_version(data: bytes, version: int) -> bytes:
+    """A config object's bytes with only its format version changed (an in-place upgrade:
+    whatever else an older writer put there is kept as it was)."""
+    StoreConfig.from_bytes(data)  # refuse to upgrade what this modelfs cannot read
+    doc = parse_json(data, "store config")
+    doc["version"] = version
+    return canonical_json(doc)

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
-from .format import FORMAT_VERSION, all_hex_ids, canonical_json, object_id, parse_json
+from .format import MANIFEST_VERSION, all_hex_ids, canonical_json, object_id, parse_json
 from .packs import BlockLocation
 
 
@@ -45,7 +45,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
-                "version": FORMAT_VERSION,
+                "version": MANIFEST_VERSION,
                 "size": self.size,
                 "content_hash": self.content_hash,
                 "layout": self.layout,
@@ -72,7 +72,7 @@ class Manifest:
             raise FormatError(f"{what} does not match its id: corrupt or tampered")
         doc = parse_json(data, what)
         try:
-            if doc["version"] > FORMAT_VERSION:
+            if doc["version"] > MANIFEST_VERSION:
                 raise FormatError(f"{what} has format version {doc['version']}: upgrade modelfs")
             blocks = []
             pos = 0

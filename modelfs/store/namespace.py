@@ -2,7 +2,9 @@
 
 Built from one listing of refs/: each ref is read only when its change token
 differs from the one seen at the previous scan, so refreshing a mount's view
-of a large, quiet store costs one listing and no reads.
+of a large, quiet store costs one listing and no reads. Paths come from the
+refs themselves (a key with a shortened name cannot be decoded); a marker is
+read only when its key cannot be decoded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from dataclasses import dataclass, field
 
 from ..backends.base import Backend
 from ..errors import FormatError, NotFoundError
-from .paths import REFS_PREFIX, is_dir_marker_key, path_from_dir_marker_key, path_from_ref_key
+from .paths import (
+    REFS_PREFIX,
+    describe_key,
+    is_dir_marker_key,
+    is_file_ref_key,
+    is_shortened_key,
+    marker_path,
+    path_from_dir_marker_key,
+)
 from .refs import Ref, Version
 
 log = logging.getLogger(__name__)
@@ -48,10 +58,12 @@ class Tree:
 
 
 class RefCache:
-    """Refs read at earlier scans, by key, with the change token they had."""
+    """Refs and shortened markers read at earlier scans, by key, with their change tokens."""
 
     def __init__(self) -> None:
         self._refs: dict[str, tuple[str, Ref]] = {}
+        # Markers whose key cannot be decoded (a shortened name): their path is in the body.
+        self._markers: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def scan(self, backend: Backend, pool: Executor) -> Tree:
@@ -60,39 +72,47 @@ class RefCache:
         stale: list[tuple[str, str]] = []
         with self._lock:
             seen = {i.key for i in infos}
-            for key in list(self._refs):
-                if key not in seen:
-                    del self._refs[key]
+            for cache in (self._refs, self._markers):
+                for key in [k for k in cache if k not in seen]:
+                    del cache[key]
             for info in infos:
-                if is_dir_marker_key(info.key):
+                if is_dir_marker_key(info.key) and not is_shortened_key(info.key):
                     path = path_from_dir_marker_key(info.key)
                     tree.explicit_dirs.add(path)
                     tree.add_dir_and_parents(path)
-                elif info.key.endswith("~"):
-                    cached = self._refs.get(info.key)
+                elif is_dir_marker_key(info.key) or is_file_ref_key(info.key):
+                    cache = self._markers if is_dir_marker_key(info.key) else self._refs
+                    cached = cache.get(info.key)
                     if cached is None or cached[0] != info.token or not info.token:
                         stale.append((info.key, info.token))
 
-        def load(item: tuple[str, str]) -> tuple[str, str, Ref | None]:
+        def load(item: tuple[str, str]) -> tuple[str, str, Ref | str | None]:
             key, token = item
-            path = path_from_ref_key(key)
             try:
                 data = backend.get(key)
             except NotFoundError:
                 return key, token, None  # deleted since the listing
             try:
-                return key, token, Ref.from_bytes(data, path)
+                if is_dir_marker_key(key):
+                    return key, token, marker_path(key, data)
+                return key, token, Ref.from_bytes(data, key)
             except FormatError as e:
-                log.warning("skipping %s: %s", path, e)
+                log.warning("skipping %s: %s", describe_key(key), e)
                 return key, token, None
 
-        for key, token, ref in pool.map(load, stale):
+        for key, token, loaded in pool.map(load, stale):
             with self._lock:
-                if ref is None:
+                if loaded is None:
                     self._refs.pop(key, None)
+                    self._markers.pop(key, None)
+                elif isinstance(loaded, str):
+                    self._markers[key] = (token, loaded)
                 else:
-                    self._refs[key] = (token, ref)
+                    self._refs[key] = (token, loaded)
         with self._lock:
+            for _token, path in self._markers.values():
+                tree.explicit_dirs.add(path)
+                tree.add_dir_and_parents(path)
             for _token, ref in self._refs.values():
                 current = ref.current
                 if current is not None:

@@ -5,6 +5,11 @@ order: its number, manifest id (None for a deletion), time, size and content
 hash. Publishing a version is a compare-and-swap of the whole ref
 (put_if_absent for a new path, put_if_match otherwise), retried on conflict
 after re-reading, so two writers that race both land, one after the other.
+A ref is read by its key and names its own path; the path must map back to
+that key (a shortened key cannot be decoded, see paths.py). Whether a new
+ref's key fits the backend is the store's check (Store.check_new_path),
+made before anything is written; an existing ref is read and appended to
+whatever its key's length.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..backends.base import Backend
-from ..errors import AlreadyExistsError, ConflictError, FormatError, ModelfsError, NotFoundError
+from ..errors import AlreadyExistsError, ConflictError, FormatError, NotFoundError
 from .format import canonical_json, is_hex_id, parse_json
-from .paths import ref_key
+from .paths import describe_key, path_stored_at, ref_key
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +70,35 @@ class Ref:
         return canonical_json({"path": self.path, "versions": [asdict(v) for v in self.versions]})
 
     @classmethod
-    def from_bytes(cls, data: bytes, path: str) -> Ref:
-        doc = parse_json(data, f"ref of {path}")
+    def from_bytes(cls, data: bytes, key: str, path: str | None = None) -> Ref:
+        """The ref stored at key, which must name a path whose key is key (and be path)."""
+        what = f"ref of {path or describe_key(key)}"
+        doc = parse_json(data, what)
         try:
             versions = tuple(Version(**v) for v in doc["versions"])
             for i, v in enumerate(versions, 1):
                 if v.version != i or not (v.manifest is None or is_hex_id(v.manifest)):
                     raise ValueError(f"version entry {i} is malformed")
-            if doc["path"] != path:
-                raise ValueError(f"it names {doc['path']!r}")
-            return cls(path, versions)
+            named = path_stored_at(doc["path"], key, what)
+            if path is not None and named != path:
+                raise ValueError(f"it names {named!r}")  # a hash collision of shortened names
+            return cls(named, versions)
         except (KeyError, TypeError, ValueError) as e:
-            raise FormatError(f"ref of {path} is malformed: {e}") from None
+            raise FormatError(f"{what} is malformed: {e}") from None
 
 
 def load_ref(backend: Backend, path: str) -> tuple[Ref, str]:
     """The ref of a path and its etag; NotFoundError if the path was never stored."""
+    key = ref_key(path)
+    limit = backend.max_key_bytes
     try:
-        data, etag = backend.get_with_etag(ref_key(path))
+        if limit is not None and len(key) > limit:
+            # No key that long can be there, and asking a filesystem or S3 for one is an error.
+            raise NotFoundError(key)
+        data, etag = backend.get_with_etag(key)
     except NotFoundError:
         raise NotFoundError(f"no such file in the store: {path}") from None
-    return Ref.from_bytes(data, path), etag
+    return Ref.from_bytes(data, key, path), etag
 
 
 def append_version(
@@ -99,12 +112,15 @@ def append_version(
     mode: int = 0,
     require_current: bool = False,
 ) -> Version:
-    """Publish a new version of path (manifest None: delete it) by compare-and-swap."""
+    """Publish a new version of path (manifest None: delete it) by compare-and-swap.
+
+    ConflictError if other writers changed the ref every time, _CAS_ATTEMPTS times.
+    """
     key = ref_key(path)
-    for attempt in range(_CAS_ATTEMPTS):
+    for attempt in range(1, _CAS_ATTEMPTS + 1):
+        ref: Ref | None
         try:
-            data, etag = backend.get_with_etag(key)
-            ref: Ref | None = Ref.from_bytes(data, path)
+            ref, etag = load_ref(backend, path)
         except NotFoundError:
             ref, etag = None, ""
         if require_current and (ref is None or ref.current is None):
@@ -119,6 +135,10 @@ def append_version(
                 backend.put_if_match(key, body, etag)
             return new
         except (ConflictError, AlreadyExistsError):
-            log.info("ref of %s changed under us (attempt %d); retrying", path, attempt + 1)
-            time.sleep(random.uniform(0, min(1.0, 0.01 * 2**attempt)))
-    raise ModelfsError(f"could not publish a version of {path}: {_CAS_ATTEMPTS} conflicts in a row")
+            log.info("ref of %s changed under us (attempt %d); retrying", path, attempt)
+            if attempt < _CAS_ATTEMPTS:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** (attempt - 1))))
+    raise ConflictError(
+        f"could not publish a version of {path}: its ref changed under us {_CAS_ATTEMPTS} "
+        "times in a row (other writers are committing to it); try again"
+    )

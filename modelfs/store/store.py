@@ -48,6 +48,7 @@ from ..errors import (
     InvalidArgumentError,
     IsADirectoryError_,
     ModelfsError,
+    NameTooLongError,
     NotADirectoryError_,
     NotFoundError,
     PermissionDeniedError,
@@ -61,6 +62,7 @@ from .format import (
     StoreConfig,
     block_id,
     checksum,
+    config_with_version,
     index_key,
     manifest_key,
     pack_key,
@@ -70,11 +72,16 @@ from .namespace import RefCache, Tree
 from .packs import BlockLocation, PackWriter, read_trailer
 from .paths import (
     REFS_PREFIX,
+    describe_key,
     dir_marker_key,
     dir_ref_prefix,
     is_dir_marker_key,
+    is_file_ref_key,
+    is_shortened_key,
+    marker_body,
+    marker_path,
     normalize_path,
-    path_from_ref_key,
+    ref_key,
 )
 from .refs import Ref, Version, append_version, load_ref
 from .tensorfile import TensorLayout, header_size_needed, parse_layout
@@ -96,6 +103,7 @@ MANIFEST_CACHE_ENTRIES = 64
 # several readers at once and for S3's per-connection bandwidth, at worst
 # 8 x 64 MiB of coalesced ranges in memory.
 DEFAULT_MAX_REQUESTS = 8
+SHORTENED_KEYS_VERSION = 2  # the format version that first allowed shortened names in keys
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,7 @@ class Store:
         self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="modelfs-cpu")
         self._index_lock = threading.Lock()
         self._index_loaded = False
+        self._config_lock = threading.Lock()
         self._ref_cache = RefCache()
         # Manifests are immutable and checked against their id: keep the recent ones.
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
@@ -242,6 +251,7 @@ class Store:
         """Store source as the next version of path (mode: POSIX bits; 0 for a plain file)."""
         started = time.monotonic()
         path = normalize_path(path)
+        key = self.check_new_path(path)
         self._check_namespace(path)
         metadata = _check_metadata(metadata)
         self.refresh_index()
@@ -271,6 +281,7 @@ class Store:
             self.backend.put_if_absent(manifest_key(manifest_id), body)
         except AlreadyExistsError:
             pass  # the same content and metadata were stored before
+        self.require_format(key)
         version = append_version(
             self.backend,
             path,
@@ -375,6 +386,86 @@ class Store:
         self.index.add(pack_id, locations)
         log.debug("uploaded pack %s: %d blocks, %d bytes", pack_id, len(locations), len(body))
 
+    def check_new_path(self, path: str) -> str:
+        """The ref key of path, a file that may be new; NameTooLongError, saying why, if the
+        backend cannot hold a key that long. put and rename check this before they write
+        anything; the filesystem calls it when it accepts a create or a rename, so that an
+        over-long path fails at open, not at close. No request is made (safe to call from
+        an event loop): a key over the backend's limit cannot be in the store, so a file
+        that exists always passes."""
+        path = normalize_path(path)
+        return self._fitting(ref_key(path), path)
+
+    def check_new_dir(self, path: str) -> str:
+        """The marker key of directory path, as check_new_path checks a file's ref key."""
+        path = normalize_path(path)
+        return self._fitting(dir_marker_key(path), path)
+
+    def _fits(self, key: str) -> bool:
+        limit = self.backend.max_key_bytes
+        return limit is None or len(key) <= limit  # keys are ASCII: characters are bytes
+
+    def _fitting(self, key: str, path: str) -> str:
+        if self._fits(key):
+            return key
+        shown = path if len(path) <= 72 else f"{path[:44]}...{path[-24:]}"
+        raise NameTooLongError(
+            f"path {shown!r} is too long for this store: its object key would be "
+            f"{len(key):,} bytes, and {self.backend.url} holds keys of at most "
+            f"{self.backend.max_key_bytes:,} ({self.backend.key_limit_reason}); use shorter "
+            "names or fewer directories (a byte outside A-Z a-z 0-9 _ - takes three in a key)"
+        )
+
+    def require_format(self, key: str) -> None:
+        """Make a version-1 store version 2 before its first key with a shortened name is
+        written, so that older modelfs refuse the store ("upgrade modelfs") rather than
+        miss or misname what is under such keys. A compare-and-swap of the config object,
+        whose other fields stay as they are; once a store is version 2 it stays so."""
+        if self.config.version >= SHORTENED_KEYS_VERSION or not is_shortened_key(key):
+            return
+        with self._config_lock:
+            for _attempt in range(5):
+                data, etag = self.backend.get_with_etag(CONFIG_KEY)
+                config = StoreConfig.from_bytes(data)
+                if config.version < SHORTENED_KEYS_VERSION:
+                    upgraded = config_with_version(data, SHORTENED_KEYS_VERSION)
+                    try:
+                        self.backend.put_if_match(CONFIG_KEY, upgraded, etag)
+                    except ConflictError:
+                        continue
+                    config = StoreConfig.from_bytes(upgraded)
+                    log.info(
+                        "upgraded %s to store format version %d before writing %s, whose key "
+                        "has a shortened name that version-%d readers would misread: modelfs "
+                        "releases that know only version %d now refuse this store",
+                        self.backend.url, config.version, describe_key(key),
+                        self.config.version, self.config.version,
+                    )  # fmt: skip
+                self.config = config
+                return
+        raise ConflictError(
+            f"could not upgrade the format version of {self.backend.url}: "
+            "its config object kept changing"
+        )
+
+    def _keys_under(self, key_prefix: str) -> Iterator[str]:
+        # A key under the prefix is longer than it: none fits the backend under one too long.
+        if not self._fits(key_prefix + "~"):
+            return iter(())
+        return self.backend.list(key_prefix)
+
+    def _current_at(self, key: str) -> Version | None:
+        ref = self._ref_at(key)
+        return ref.current if ref is not None else None
+
+    def _ref_at(self, key: str) -> Ref | None:
+        """The ref stored at a file's ref key (None if there is none): its path is in it."""
+        try:
+            data = self.backend.get(key)
+        except NotFoundError:
+            return None
+        return Ref.from_bytes(data, key)
+
     def _check_namespace(self, path: str, what: str = "store") -> None:
         """A path cannot be both a file and a directory."""
         parts = path.split("/")
@@ -465,7 +556,7 @@ class Store:
         if not path.strip("/"):
             return True
         prefix = dir_ref_prefix(path)
-        if any(is_dir_marker_key(k) for k in self.backend.list(prefix)):
+        if any(is_dir_marker_key(k) for k in self._keys_under(prefix)):
             return True
         return any(True for _ in self._current_files(prefix, limit=1))
 
@@ -476,16 +567,21 @@ class Store:
     def mkdir(self, path: str) -> None:
         """Make an (empty) directory; AlreadyExistsError if the path exists."""
         path = normalize_path(path)
+        key = self.check_new_dir(path)
         if self._current(path) is not None or self.is_dir(path):
             raise AlreadyExistsError(f"cannot make directory {path}: it exists")
         self._check_namespace(path, "make directory")
-        self.backend.put(dir_marker_key(path), b"{}")
+        self.require_format(key)
+        self.backend.put(key, marker_body(path))
 
     def ensure_dir(self, path: str) -> None:
         """Mark path as a directory, so it outlives the files in it (no error if it is one)."""
         if path.strip("/"):
+            path = normalize_path(path)
+            key = self.check_new_dir(path)
+            self.require_format(key)
             try:
-                self.backend.put_if_absent(dir_marker_key(normalize_path(path)), b"{}")
+                self.backend.put_if_absent(key, marker_body(path))
             except AlreadyExistsError:
                 pass
 
@@ -496,10 +592,12 @@ class Store:
             raise NotADirectoryError_(f"cannot remove directory {path}: it is a file")
         prefix = dir_ref_prefix(path)
         marker = dir_marker_key(path)
-        for key in self.backend.list(prefix):
+        if not self._fits(marker):  # it cannot be there, nor anything under it
+            raise NotFoundError(f"no such directory in the store: {path}")
+        for key in self._keys_under(prefix):
             if key == marker:
                 continue
-            if is_dir_marker_key(key) or self._current(path_from_ref_key(key)) is not None:
+            if is_dir_marker_key(key) or (is_file_ref_key(key) and self._current_at(key)):
                 raise DirectoryNotEmptyError(f"cannot remove directory {path}: it is not empty")
         try:
             self.backend.head(marker)
@@ -517,7 +615,9 @@ class Store:
         source = self.version(old)
         if old == new:
             return source
+        key = self.check_new_path(new)
         self._check_namespace(new, "rename to")
+        self.require_format(key)
         version = append_version(
             self.backend, new, source.manifest, size=source.size, mode=source.mode,
             content_hash=source.content_hash, message=message or f"renamed from {old}",
@@ -556,6 +656,7 @@ class Store:
 
     def list(self, prefix: str = "") -> list[FileInfo]:
         """Current files under a directory prefix ('' for all), sorted by path."""
+        # Keys sort in their encoded order (and shortened names by hash): sort by path.
         if prefix.strip("/"):
             norm = normalize_path(prefix)
             current = self._current(norm)
@@ -565,21 +666,20 @@ class Store:
                         norm, current.version, current.size, current.time, current.content_hash
                     )
                 ]
-        return list(self._current_files(dir_ref_prefix(prefix)))
+        return sorted(self._current_files(dir_ref_prefix(prefix)), key=lambda f: f.path)
 
     def _current_files(self, key_prefix: str, limit: int | None = None) -> Iterator[FileInfo]:
-        keys = [
-            k for k in self.backend.list(key_prefix) if k.endswith("~") and not is_dir_marker_key(k)
-        ]
+        keys = [k for k in self._keys_under(key_prefix) if is_file_ref_key(k)]
         batch = 64 if limit is None else limit
         found = 0
         for start in range(0, len(keys), batch):
-            paths = [path_from_ref_key(k) for k in keys[start : start + batch]]
-            for path, version in zip(paths, self._io.map(self._current, paths), strict=True):
-                if version is not None:
+            for ref in self._io.map(self._ref_at, keys[start : start + batch]):
+                version = ref.current if ref is not None else None
+                if ref is not None and version is not None:
                     yield FileInfo(
-                        path, version.version, version.size, version.time, version.content_hash
-                    )
+                        ref.path, version.version, version.size, version.time,
+                        version.content_hash,
+                    )  # fmt: skip
                     found += 1
                     if limit is not None and found >= limit:
                         return
@@ -670,15 +770,26 @@ class Store:
         report.missing_packs = sorted(missing)
 
         for key in self.backend.list(REFS_PREFIX):
-            if not key.endswith("~") or is_dir_marker_key(key):
+            if is_dir_marker_key(key):
+                try:
+                    marker_path(key, self.backend.get(key))
+                except NotFoundError:
+                    pass  # removed since the listing
+                except ModelfsError as e:
+                    report.problems.append(str(e))
                 continue
-            path = path_from_ref_key(key)
-            report.files_checked += 1
+            if not is_file_ref_key(key):
+                continue
             try:
-                ref = load_ref(self.backend, path)[0]
+                ref = self._ref_at(key)
             except ModelfsError as e:
-                report.affected.append({"path": path, "problem": str(e)})
+                report.files_checked += 1
+                report.affected.append({"path": describe_key(key), "problem": str(e)})
                 continue
+            if ref is None:
+                continue  # deleted since the listing
+            report.files_checked += 1
+            path = ref.path
             for v in ref.versions:
                 if v.deleted:
                     continue
