@@ -86,7 +86,46 @@ def shell(command: str) -> None:
     subprocess.run(command, shell=True, check=True, cwd=ROOT)
 
 
-def mounted_demo(model: Path) -> None:
+# Overwrites a file and stops half-way until told to go on, as a slow save would.
+HALF_WRITER = """
+import sys
+source, target = sys.argv[1], sys.argv[2]
+data = open(source, "rb").read()
+with open(target, "wb") as f:
+    f.write(data[: len(data) // 2])
+    f.flush()
+    print("half", flush=True)
+    sys.stdin.readline()
+    f.write(data[len(data) // 2 :])
+"""
+
+
+def overwrite_demo(tuned: Path) -> None:
+    """While a save is half done, everyone else reads the previous version whole."""
+    target = MOUNT / "copied.safetensors"
+    print("\n>>> a program overwrites demo-mnt/copied.safetensors with the fine-tuned model")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HALF_WRITER, str(tuned), str(target)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert writer.stdout is not None and writer.stdin is not None
+        writer.stdout.readline()
+        print("    ... and has written half of it, still open")
+        shell("sha256sum demo-mnt/copied.safetensors   # another program: the whole base model")
+        writer.stdin.write("go on\n")
+        writer.stdin.flush()
+        if writer.wait(timeout=120) != 0:
+            sys.exit("demo failed: the writer failed")
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    shell("sha256sum demo-mnt/copied.safetensors   # closed: the fine-tuned model, all at once")
+    modelfs("log", STORE, "copied.safetensors")
+    print("    one version per save: nobody ever saw, or could get, the half-written file")
+
+
+def mounted_demo(model: Path, tuned_model: Path) -> None:
     """Part two: the same store as a directory any program can open."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
@@ -115,6 +154,7 @@ def mounted_demo(model: Path) -> None:
             np.array_equal(through_mount[k], original[k]) for k in original
         )
         print(f"    {len(through_mount)} tensors, equal to the original: {'yes' if same else 'NO'}")
+        overwrite_demo(tuned_model)
         modelfs("stats", MOUNT)
         if not same:
             sys.exit("demo failed: tensors read through the mount differ")
@@ -153,7 +193,7 @@ def main() -> None:
         modelfs("fsck", STORE, *c)
         if not ok:
             sys.exit("demo failed: bytes read back differ")
-        mounted_demo(model)
+        mounted_demo(model, tuned)
         print(
             f"\nThe store is in {STORE.relative_to(ROOT)}; try `modelfs log "
             f"{STORE.relative_to(ROOT)} minilm/model.safetensors`, or mount it yourself: "

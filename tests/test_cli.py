@@ -499,3 +499,14 @@ def test_damaged_safetensors_header_is_stored_as_plain_bytes(
     assert put["layout"] == info["layout"] == "cdc"
     assert info["size"] == local.stat().st_size
     assert hashlib.sha256((tmp_path / "back.safetensors").read_bytes()).hexdigest() == sha256(local)
+
+
+def test_a_name_that_is_not_utf8_lists_and_logs_as_its_bytes(store_url: str, cli, tmp_path) -> None:
+    name = b"run/\xff\xfe weights.bin".decode("utf-8", "surrogateescape")  # as os.fsdecode gives it
+    with modelfs.open_store(store_url, use_disk_cache=False) as c:
+        c.put(name, b"data")
+    assert b"run/\xff\xfe weights.bin" in cli("ls", store_url).stdout
+    assert cli("log", store_url, name).stdout.startswith(b"v1 ")
+    out = tmp_path / "out.bin"
+    cli("get", store_url, name, out)
+    assert out.read_bytes() == b"data"

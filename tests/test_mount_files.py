@@ -710,6 +710,27 @@ def test_names_up_to_255_bytes_work_and_longer_ones_are_refused(
     assert (m.path / "ok").read_bytes() == b"ok"
 
 
+def test_names_that_are_not_utf8_and_binary_attribute_values_survive_a_remount(
+    store_url: str, mount_store
+) -> None:
+    """Linux names are bytes: any of them (but / and NUL) is a name, as is any xattr value."""
+    m = mount_store(store_url, name="m")
+    names = [b"\xff\xfe not utf-8", b"tab\there\nnewline", b"back\\slash", b"..dots..", b"%41"]
+    for n in names:
+        with open(os.path.join(os.fsencode(m.path), n), "wb") as f:
+            f.write(n)
+    value = b"\xff\x00\x01 binary"
+    os.setxattr(os.path.join(os.fsencode(m.path), names[0]), "user.blob", value)
+    assert m.unmount().returncode == 0
+    again = mount_store(store_url, name="again")
+    root = os.fsencode(again.path)
+    assert sorted(os.listdir(root)) == sorted([*names, b".modelfs"])
+    for n in names:
+        with open(os.path.join(root, n), "rb") as f:
+            assert f.read() == n
+    assert os.getxattr(os.path.join(root, names[0]), "user.blob") == value
+
+
 def test_a_path_the_store_cannot_hold_fails_at_open_not_at_close(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:

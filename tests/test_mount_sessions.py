@@ -18,20 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from mounting import wait_until
+from test_mount_files import history_sizes
+from test_mount_files import read_stored as read_store
 
 import modelfs
 
 MiB = 1 << 20
-
-
-def history_sizes(store_url: str, tmp_path: Path, path: str) -> list[int | None]:
-    with modelfs.open_store(store_url, cache_dir=tmp_path / "history-cache") as c:
-        return [None if v.deleted else v.size for v in c.history(path)]
-
-
-def read_store(store_url: str, tmp_path: Path, path: str) -> bytes:
-    with modelfs.open_store(store_url, cache_dir=tmp_path / "read-cache") as c:
-        return c.read(path)
 
 
 def one_more_version(store_url: str, tmp_path: Path, path: str, before: int) -> bool:

@@ -8,8 +8,23 @@ open. The directory cannot be written, renamed or removed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
+from typing import Protocol
+
+from ..reader import BlockReader
+from ..store import Store
+from .reads import Reads
+from .view import View
+from .writes import Writes
+
+
+class Counted(Protocol):
+    """The request counters the handlers keep."""
+
+    opens: int
+    reads: int
+
 
 CONTROL_DIR = ".modelfs"
 STATS_FILE = ".modelfs/stats"
@@ -28,8 +43,15 @@ class VirtualHandle:
 
 
 class Control:
-    def __init__(self, stats: Callable[[], dict[str, object]]) -> None:
-        self._stats = stats
+    def __init__(
+        self, store: Store, reader: BlockReader, view: View, reads: Reads, writes: Writes,
+        requests: Counted, *, read_only: bool,
+    ) -> None:  # fmt: skip
+        # Read only: the figures of every part of the mount.
+        self.store, self.reader, self.view = store, reader, view
+        self.reads, self.writes, self.requests = reads, writes, requests
+        self.read_only = read_only
+        self.started = time.time()
 
     def entries(self) -> list[tuple[str, str]]:
         """(name, path) of each file in the control directory."""
@@ -38,4 +60,37 @@ class Control:
     def content(self, path: str) -> bytes:
         if path != STATS_FILE:
             raise KeyError(path)
-        return (json.dumps(self._stats(), indent=2) + "\n").encode()
+        return (json.dumps(self.stats(), indent=2) + "\n").encode()
+
+    def stats(self) -> dict[str, object]:
+        r = self.reader.stats
+        disk = self.reader.disk_cache
+        hits = r.memory_hits + r.disk_hits
+        lookups = hits + r.blocks_fetched
+        w = self.writes.counters
+        backend = self.store.backend
+        return {
+            "store": backend.url,
+            "uptime_s": round(time.time() - self.started, 1),
+            "cache_hit_rate": round(hits / lookups, 4) if lookups else None,
+            "blocks_from_memory": r.memory_hits,
+            "blocks_from_disk_cache": r.disk_hits,
+            "blocks_fetched": r.blocks_fetched,
+            "blocks_verified": r.blocks_fetched,
+            "bytes_fetched": r.bytes_fetched,
+            "bytes_served": r.bytes_served,
+            "disk_cache_bytes": disk.size if disk else 0,
+            "disk_cache_limit": disk.max_bytes if disk else 0,
+            "opens": self.requests.opens,
+            "reads": self.requests.reads,
+            "writes": w.writes,
+            "bytes_written": w.bytes_written,
+            "commits": w.commits,
+            "commit_errors": w.commit_errors,
+            "read_errors": self.reads.errors,
+            "refresh_errors": self.view.refresh_errors,
+            "read_only": self.read_only,
+            "store_unavailable": getattr(backend, "unavailable", False),
+            "files_being_written": len(self.writes.paths()),
+            "store_requests": backend.request_counts(),
+        }

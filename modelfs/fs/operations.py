@@ -122,11 +122,13 @@ class Operations(pyfuse3.Operations):
         self.writes = Writes(
             store, reader, staging, self.view, self.inodes, self._run, processes=processes
         )
-        self.control = Control(self._stats)
+        self.counters = Counters()
+        self.control = Control(
+            store, reader, self.view, self.reads, self.writes, self.counters, read_only=read_only
+        )
         self._notify_kernel = notify_kernel  # False where no kernel is there (the fs-tier tests)
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
-        self.counters = Counters()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time()
         self.initialized = trio.Event()  # set once the kernel's INIT request is answered
@@ -205,38 +207,6 @@ class Operations(pyfuse3.Operations):
         """Attributes of an open (possibly since unlinked or replaced) file: its opened version."""
         mode = version.mode or DEFAULT_FILE_MODE
         return self._attributes(inode, mode, version.size, version.time, self.refresh_interval)
-
-    def _stats(self) -> dict[str, object]:
-        r = self.reader.stats
-        disk = self.reader.disk_cache
-        hits = r.memory_hits + r.disk_hits
-        lookups = hits + r.blocks_fetched
-        w = self.writes.counters
-        return {
-            "store": self.store.backend.url,
-            "uptime_s": round(time.time() - self.started, 1),
-            "cache_hit_rate": round(hits / lookups, 4) if lookups else None,
-            "blocks_from_memory": r.memory_hits,
-            "blocks_from_disk_cache": r.disk_hits,
-            "blocks_fetched": r.blocks_fetched,
-            "blocks_verified": r.blocks_fetched,
-            "bytes_fetched": r.bytes_fetched,
-            "bytes_served": r.bytes_served,
-            "disk_cache_bytes": disk.size if disk else 0,
-            "disk_cache_limit": disk.max_bytes if disk else 0,
-            "opens": self.counters.opens,
-            "reads": self.counters.reads,
-            "writes": w.writes,
-            "bytes_written": w.bytes_written,
-            "commits": w.commits,
-            "commit_errors": w.commit_errors,
-            "read_errors": self.reads.errors,
-            "refresh_errors": self.view.refresh_errors,
-            "read_only": self.read_only,
-            "store_unavailable": getattr(self.store.backend, "unavailable", False),
-            "files_being_written": len(self.writes.paths()),
-            "store_requests": self.store.backend.request_counts(),
-        }
 
     def _invited(self, path: str, ctx: Any) -> pyfuse3.FUSEError:
         """The caller will change path, which is (or is about to be) written here: it takes

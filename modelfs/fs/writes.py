@@ -305,29 +305,21 @@ class Writes:
     async def create(self, path: str, mode: int, flags: int, pid: int) -> WriteHandle:
         """create(): a new file, or a handle on the session already writing path."""
         session = self.at(path)
-        if session is not None and not session.pending:
-            if flags & os.O_EXCL:
-                raise _fuse(errno.EEXIST)
-            handle = self._join(session, True, pid)
-            try:
-                if flags & os.O_TRUNC:
-                    await self._truncate(session, 0)
-            except BaseException:
-                await self._leave(handle)
-                raise
-            return handle
+        if session is not None and not session.pending and flags & os.O_EXCL:
+            raise _fuse(errno.EEXIST)
         if session is None:
             session = WriteSession(path, self.inodes.new_detached(path))
             self._by_path[path] = session
             self._by_inode[session.inode] = session
+        # Joined before any await: a session with a handle is not ended under us.
         handle = self._join(session, True, pid)
         try:
             async with session.lock:
-                # The kernel's lookup said no such file; another mount may have made one since.
-                version = await self.view.current_version(path)
-                if version is not None and flags & os.O_EXCL:
-                    raise _fuse(errno.EEXIST)
                 if session.pending:
+                    # The kernel's lookup said no such file; another mount may have made one.
+                    version = await self.view.current_version(path)
+                    if version is not None and flags & os.O_EXCL:
+                        raise _fuse(errno.EEXIST)
                     truncate = version is None or bool(flags & os.O_TRUNC)
                     await self._stage(session, version, truncate=truncate)
                     if version is None:

@@ -74,8 +74,17 @@ def manifest_key(manifest_id: str) -> str:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """One byte string per value: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """One byte string per value: sorted keys, no whitespace, UTF-8.
+
+    A string that holds bytes which are not UTF-8 (a file name or an attribute value
+    read with surrogateescape) cannot be written as UTF-8; such a value is written
+    with every non-ASCII character as a JSON escape instead, which reads back the same.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def parse_json(data: bytes, what: str) -> Any:
