@@ -355,7 +355,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     for path in failed:
         print(f"still staged (commit failed): {path}", file=sys.stderr)
     if not committed and not failed:
-        print("nothing staged")
+        print("nothing to commit")
     return 1 if failed else 0
 
 

@@ -85,14 +85,17 @@ def raise_readahead(real_mountpoint: str, kb: int) -> None:
         log.info("kernel readahead left at its default (%s)", e)
 
 
-def mount_id(real_mountpoint: str) -> int | None:
-    """The id /proc/*/fdinfo gives files of the mount at real_mountpoint (None: not found)."""
+def mount_identity(real_mountpoint: str) -> tuple[int, tuple[int, int]] | None:
+    """The mount id (as /proc/*/fdinfo shows it) and the (major, minor) device (as
+    /proc/*/maps shows it) of the mount at real_mountpoint; None if it is not found."""
     try:
         with open("/proc/self/mountinfo") as f:
-            ids = [int(line.split()[0]) for line in f if line.split()[4] == real_mountpoint]
+            lines = [line.split() for line in f]
+        fields = [f for f in lines if f[4] == real_mountpoint][-1]
+        major, minor = fields[2].split(":")
+        return int(fields[0]), (int(major), int(minor))
     except (OSError, ValueError, IndexError):
         return None
-    return ids[-1] if ids else None
 
 
 def check_fusermount3() -> None:
@@ -238,7 +241,10 @@ async def _serve(
             with trio.move_on_after(INIT_TIMEOUT_S):
                 await ops.initialized.wait()
             await trio.to_thread.run_sync(raise_readahead, real_mountpoint, readahead_kb)
-            ops.writes.processes.mount_id = await trio.to_thread.run_sync(mount_id, real_mountpoint)
+            identity = await trio.to_thread.run_sync(mount_identity, real_mountpoint)
+            if identity is not None:
+                processes = ops.writes.processes
+                processes.mount_id, processes.device = identity
             ready()
             await ops.warm_manifests()
 

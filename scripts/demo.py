@@ -121,7 +121,7 @@ def overwrite_demo(tuned: Path) -> None:
         if writer.poll() is None:
             writer.kill()
     shell("sha256sum demo-mnt/copied.safetensors   # closed: the fine-tuned model, all at once")
-    modelfs("log", STORE, "copied.safetensors")
+    modelfs("log", STORE, "copied.safetensors", "--cache-dir", CACHE)
     print("    one version per save: nobody ever saw, or could get, the half-written file")
 
 

@@ -68,12 +68,20 @@ class KernelProcesses(Processes):
         super().__init__()
         self.kernel: Kernel | None = None
 
-    def holds(self, process: int, inode: int) -> bool:
-        assert self.kernel is not None
-        return any(
-            pid == process and self.kernel.inode_of[fh] == inode
-            for pid, fh in self.kernel.descriptors
-        )
+    def holders(self, processes: set[int], inode: int) -> set[int]:
+        k = self.kernel
+        assert k is not None
+        family = set(processes)
+        while True:  # the processes and every process they started (while they live)
+            more = {c for c, p in k.parent.items() if p in family and p not in k.exited}
+            if more <= family:
+                break
+            family |= more
+        return {
+            pid
+            for pid, fh in k.descriptors + k.mappings
+            if pid in family and k.inode_of[fh] == inode and fh in k.writable
+        }
 
     def killed(self, process: int) -> bool:
         return self.kernel is not None and process in self.kernel.killed
@@ -148,11 +156,17 @@ class Kernel:
         self.mount = mount
         self.descriptors: list[tuple[int, int]] = []  # (process, fh), one per descriptor
         self.inode_of: dict[int, int] = {}  # fh -> the inode it was opened on
+        self.writable: set[int] = set()  # handles opened for writing
+        self.mappings: list[tuple[int, int]] = []  # (process, fh), one per shared mapping
+        self.parent: dict[int, int] = {}  # process -> the process that forked it
+        self.exited: set[int] = set()  # their children are no longer theirs (reparented)
         self.killed: set[int] = set()
         mount.processes.kernel = self
 
-    def _opened(self, fh: int, inode: int, pid: int) -> int:
+    def _opened(self, fh: int, inode: int, pid: int, flags: int) -> int:
         self.inode_of[fh] = inode
+        if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            self.writable.add(fh)
         self.descriptors.append((pid, fh))
         return fh
 
@@ -160,14 +174,42 @@ class Kernel:
         """Another descriptor of handle fh, in process pid (dup, or a child after fork)."""
         self.descriptors.append((pid, fh))
 
+    def fork(self, parent: int, child: int) -> None:
+        """fork(): the child gets a copy of each of the parent's descriptors."""
+        self.parent[child] = parent
+        self.descriptors += [(child, fh) for pid, fh in self.descriptors if pid == parent]
+
+    def mmap(self, fh: int, pid: int) -> None:
+        """A shared mapping of fh's file: it holds the file as a descriptor does."""
+        self.mappings.append((pid, fh))
+
+    async def munmap(self, fh: int, pid: int) -> None:
+        self.mappings.remove((pid, fh))
+        await self._release_if_unused(fh)
+
+    async def _release_if_unused(self, fh: int) -> None:
+        if not any(f == fh for _, f in self.descriptors + self.mappings):
+            await self.release(fh)
+
     async def close_descriptor(self, fh: int, pid: int) -> None:
         """close(2) of pid's descriptor of fh: flush, and release after the last one."""
-        self.descriptors.remove((pid, fh))
         try:
-            await self.flush(fh)
+            await self.close_returns(fh, pid)
         finally:
-            if not any(f == fh for _, f in self.descriptors):
-                await self.release(fh)
+            await self._release_if_unused(fh)
+
+    async def close_returns(self, fh: int, pid: int) -> None:
+        """close(2) of pid's descriptor of fh up to where it returns to the program: the
+        kernel sends the release of the last descriptor after that, and may be slow to."""
+        self.descriptors.remove((pid, fh))
+        await self.flush(fh)
+
+    async def exit(self, pid: int) -> None:
+        """exit(): the kernel closes the process's descriptors; its children live on."""
+        self.exited.add(pid)
+        for p, fh in list(self.descriptors):
+            if p == pid:
+                await self.close_descriptor(fh, pid)
 
     async def kill(self, pid: int) -> None:
         """SIGKILL: the kernel closes every descriptor the process held."""
@@ -232,10 +274,13 @@ class Kernel:
 
     # files
 
-    async def open(self, path: str, flags: int, pid: int, mode: int = 0o644) -> int:
-        """open(2): a file handle (O_CREAT makes the file if its lookup finds none)."""
+    async def open(
+        self, path: str, flags: int, pid: int, mode: int = 0o644, *, retries: int = 1
+    ) -> int:
+        """open(2): a file handle (O_CREAT makes the file if its lookup finds none). Linux
+        retries once after ESTALE, with a fresh lookup (retries=0: that retry itself)."""
         parent, _, name = path.rpartition("/")
-        for attempt in (1, 2):
+        for attempt in range(1, retries + 2):
             try:
                 try:
                     attr = await self.lookup(path, pid)
@@ -247,14 +292,14 @@ class Kernel:
                         parent_attr.st_ino, os.fsencode(name), stat.S_IFREG | mode,
                         flags & ~os.O_CREAT, Ctx(pid),
                     )  # fmt: skip
-                    return self._opened(info.fh, attr.st_ino, pid)
+                    return self._opened(info.fh, attr.st_ino, pid, flags)
                 if flags & os.O_CREAT and flags & os.O_EXCL:
                     raise pyfuse3.FUSEError(errno.EEXIST)
                 # The kernel strips O_CREAT and O_EXCL from what FUSE's open is given.
                 info = await self.ops.open(attr.st_ino, flags & ~(os.O_CREAT | os.O_EXCL), Ctx(pid))
-                return self._opened(info.fh, attr.st_ino, pid)
+                return self._opened(info.fh, attr.st_ino, pid, flags)
             except pyfuse3.FUSEError as e:
-                if e.errno == errno.ESTALE and attempt == 1:
+                if e.errno == errno.ESTALE and attempt <= retries:
                     continue  # looked up again with LOOKUP_REVAL, as Linux does
                 raise _errno_error(e, path) from None
         raise AssertionError("unreachable")

@@ -11,10 +11,12 @@ import errno
 import json
 import os
 
+import pyfuse3
 import pytest
 import trio
 from fsdriver import (
     PID_BASE,
+    Ctx,
     FSError,
     Mount,
     history_sizes,
@@ -93,7 +95,7 @@ async def test_a_child_closing_its_inherited_descriptor_does_not_commit(backend,
     await k.write_file("ckpt", b"old", WRITER)
     fh = await k.open("ckpt", O_WB, WRITER)
     await k.write(fh, 0, b"first half ")
-    k.dup(fh, OTHER)  # fork
+    k.fork(WRITER, OTHER)
     await k.close_descriptor(fh, OTHER)  # the child's exec: close-on-exec
     assert history_sizes(backend, "ckpt") == [3]
     await k.write(fh, 11, b"second half")
@@ -121,10 +123,11 @@ async def test_a_writer_killed_mid_write_leaves_the_previous_version_and_its_byt
 
 
 @trio_test
-async def test_touch_of_a_new_file_commits_it_empty_at_release(backend, fs_mounts) -> None:
+async def test_touch_of_a_new_file_commits_it_empty_at_its_close(backend, fs_mounts) -> None:
     k = await started(fs_mounts(backend))
     fh = await k.open("new", os.O_WRONLY | os.O_CREAT, WRITER)
-    await k.flush(fh)
+    await k.close_returns(fh, WRITER)
+    assert history_sizes(backend, "new") == [0]  # before the release comes
     await k.release(fh)
     assert history_sizes(backend, "new") == [0]
     assert await k.read_file("new", READER) == b""
@@ -335,11 +338,11 @@ async def test_a_write_after_a_failed_commit_is_never_committed_by_a_later_mount
     k = await started(m)
     fh = await k.open("f", O_WB, WRITER)
     await k.write(fh, 0, b"closed once")
-    k.dup(fh, OTHER)  # a child it forked keeps the file open
+    k.dup(fh, OTHER)  # another process was handed the descriptor (SCM_RIGHTS, say)
     backend.down = True
     with pytest.raises(FSError):
         await k.close_descriptor(fh, WRITER)
-    await k.write(fh, 0, b"CHANGED AFTER")  # the child writes on
+    await k.write(fh, 0, b"CHANGED AFTER")  # and writes on
     assert [j["state"] for j in staged_journals(m)] == ["open"]
     m.close()  # crash
     backend.down = False
@@ -464,3 +467,104 @@ async def test_a_read_only_mount_refuses_every_change_with_erofs(backend, fs_mou
         assert e.value.errno == errno.EROFS
     assert await ro.read_file("f", READER) == b"data"
     assert history_sizes(backend, "f") == [4]
+
+
+@trio_test
+async def test_a_writer_that_also_reads_the_file_commits_when_it_closes_the_write(
+    backend, fs_mounts
+) -> None:
+    """open("wb"), write, open("rb") in the same process, close the writer: committed then,
+    not when the reader closes."""
+    k = await started(fs_mounts(backend))
+    await k.write_file("f", b"A" * 1000, WRITER)
+    w = await k.open("f", O_WB, WRITER)
+    await k.write(w, 0, b"B" * 2000)
+    r = await k.open("f", os.O_RDONLY, WRITER)
+    assert await k.read(r) == b"B" * 2000  # its own writes
+    await k.close_returns(w, WRITER)
+    assert history_sizes(backend, "f") == [1000, 2000]  # before the release comes
+    await k.release(w)
+    assert await k.read_file("f", READER) == b"B" * 2000
+    await k.close(r)
+    assert history_sizes(backend, "f") == [1000, 2000]
+
+
+@trio_test
+async def test_a_child_given_the_descriptor_writes_and_its_close_commits_once(
+    backend, fs_mounts
+) -> None:
+    """subprocess.Popen(cmd, stdout=open(p, "wb")): the parent closes its copy at once."""
+    k = await started(fs_mounts(backend))
+    await k.write_file("out.log", b"old", WRITER)
+    fh = await k.open("out.log", O_WB, WRITER)
+    k.fork(WRITER, OTHER)
+    await k.close_descriptor(fh, WRITER)
+    assert history_sizes(backend, "out.log") == [3]  # no empty version
+    await k.exit(WRITER)  # the parent goes; the child runs on, and starts one of its own
+    k.fork(OTHER, OTHER + 100)
+    await k.exit(OTHER + 100)  # `sleep 1` in the child's shell: its copy closes
+    assert history_sizes(backend, "out.log") == [3]
+    await k.write(fh, 0, b"the child's output")
+    await k.close_descriptor(fh, OTHER)
+    assert history_sizes(backend, "out.log") == [3, 18]
+
+
+@trio_test
+async def test_a_file_written_through_a_mapping_after_its_close_is_one_version(
+    backend, fs_mounts
+) -> None:
+    """open, ftruncate, mmap(MAP_SHARED), close(fd), write through the mapping, munmap."""
+    k = await started(fs_mounts(backend))
+    await k.write_file("w.bin", b"old", WRITER)
+    fh = await k.open("w.bin", O_WB, WRITER)
+    await k.ftruncate(fh, "w.bin", 4096, WRITER)
+    k.mmap(fh, WRITER)
+    await k.close_descriptor(fh, WRITER)
+    assert history_sizes(backend, "w.bin") == [3]  # no version of zeros
+    await k.write(fh, 0, b"mapped" * 100)  # writeback of the dirty pages
+    await k.munmap(fh, WRITER)
+    assert history_sizes(backend, "w.bin") == [3, 4096]
+    assert read_store(backend, "w.bin")[:600] == b"mapped" * 100
+
+
+@trio_test
+async def test_concurrent_releases_of_one_session_end_it_once(backend, fs_mounts) -> None:
+    """A writer that reads the file back through a second handle, closed together: both
+    releases find the last handle gone; the staging file is closed and removed once."""
+    m = fs_mounts(backend)
+    k = await started(m)
+    for i in range(20):
+        w = await k.open("f", O_WB, WRITER)
+        await k.write(w, 0, bytes([i]) * 20000)
+        r = await k.open("f", os.O_RDONLY, WRITER)
+        await k.close_returns(w, WRITER)
+        await k.close_returns(r, WRITER)
+        async with trio.open_nursery() as nursery:  # the two releases at once
+            nursery.start_soon(k.release, w)
+            nursery.start_soon(k.release, r)
+    assert history_sizes(backend, "f") == [20000] * 20
+    assert staged_journals(m) == []
+    assert sorted(p.name for p in m.staging_dir.iterdir()) == ["lock"]
+    assert k.ops.writes.paths() == []
+
+
+@trio_test
+async def test_a_writer_invited_into_a_session_that_ends_before_its_retry_still_opens(
+    backend, fs_mounts
+) -> None:
+    """The first open of a second writer is answered ESTALE to move it onto the session's
+    inode; if the session's last writer closes before the retry, the retry still works."""
+    k = await started(fs_mounts(backend))
+    await k.write_file("f", b"old", WRITER)
+    a = await k.open("f", O_WB, WRITER)
+    await k.write(a, 0, b"from a")
+    version_inode = (await k.stat("f", OTHER)).st_ino
+    with pytest.raises(pyfuse3.FUSEError) as e:  # b's first try, on the version's inode
+        await k.ops.open(version_inode, os.O_WRONLY | os.O_TRUNC, Ctx(OTHER))
+    assert e.value.errno == errno.ESTALE
+    await k.close(a)  # a's close commits and ends its part before b retries
+    b = await k.open("f", O_WB, OTHER, retries=0)  # the kernel's one retry
+    await k.write(b, 0, b"from b")
+    await k.close(b)
+    assert read_store(backend, "f") == b"from b"
+    assert history_sizes(backend, "f") == [3, 6, 6]

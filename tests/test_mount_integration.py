@@ -541,7 +541,7 @@ def test_modelfs_sync_commits_what_a_stopped_mount_left_staged(
     assert read_store(store_url, "model.bin", tmp_path) == new
     assert not list((m.cache_dir / "staging").glob("*.data"))
     again = sync()
-    assert again.returncode == 0 and "nothing staged" in again.stdout
+    assert again.returncode == 0 and "nothing to commit" in again.stdout
 
 
 @needs_root

@@ -82,6 +82,14 @@ def test_dd_onto_a_new_file_is_one_version(store_url: str, mount_store, tmp_path
         check=True,
     )
     assert history_sizes(store_url, tmp_path, "new.bin") == [2 * MiB]
+    # Synchronous writes (the kernel syncs after each) are no request to publish each one.
+    for flag in ("oflag=dsync", "oflag=sync", "conv=fsync"):
+        subprocess.run(
+            ["dd", "if=/dev/urandom", f"of={m.path / 'new.bin'}", "bs=256k", "count=8",
+             "status=none", flag],
+            check=True,
+        )  # fmt: skip
+    assert history_sizes(store_url, tmp_path, "new.bin") == [2 * MiB] * 4
 
 
 WRITER = """
@@ -247,3 +255,117 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_and_the_partial_b
     recovered = list((m.cache_dir / "recovered").iterdir())
     assert [r.read_bytes() for r in recovered] == [b"n" * MiB]
     assert "was killed before it closed the file" in m.log
+
+
+def test_a_writer_that_reads_its_file_back_commits_at_its_close_from_many_threads(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    """Each thread: open("wb"), write, open("rb") to read it back, close the writer, then
+    the reader. Every close commits; nothing fails; every version is a whole save."""
+    m = mount_store(store_url)
+    errors: list[BaseException] = []
+    contents = {f"mix/f{t}_{i}.bin": os.urandom(20000) for t in range(3) for i in range(3)}
+    (m.path / "mix").mkdir()
+
+    def loop(t: int) -> None:
+        try:
+            for n in range(8):
+                path = f"mix/f{t}_{n % 3}.bin"
+                fw = open(m.path / path, "wb")  # noqa: SIM115 - the order of closes is the test
+                fw.write(contents[path])
+                fr = open(m.path / path, "rb")  # noqa: SIM115
+                assert fr.read() == b""  # buffered: nothing reached the file yet
+                fw.close()
+                # Committed by that close: another process reads it whole, at once.
+                out = subprocess.run(["cat", str(m.path / path)], capture_output=True).stdout
+                assert out == contents[path]
+                fr.close()
+        except BaseException as e:  # collected: the test fails on each
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    assert wait_until(lambda: m.stats()["files_being_written"] == 0)
+    with modelfs.open_store(store_url, cache_dir=tmp_path / "check") as c:
+        for path, data in contents.items():
+            assert {c.read(path, version=v.version) for v in c.history(path)} == {data}
+    assert sorted(p.name for p in (m.cache_dir / "staging").iterdir()) == ["lock"]
+    assert " ERROR " not in m.log
+
+
+def test_a_child_handed_the_descriptor_writes_one_version(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    """subprocess.Popen(cmd, stdout=open(p, "wb")): the parent closes (and may exit) first."""
+    m = mount_store(store_url)
+    p = m.path / "out.bin"
+    p.write_bytes(b"old")
+    script = (
+        "import subprocess, sys; subprocess.Popen(['sh', '-c', 'sleep 0.5; head -c 3000000 "
+        "/dev/zero | tr \"\\\\0\" x'], stdout=open(sys.argv[1], 'wb'))"
+    )
+    subprocess.run([sys.executable, "-c", script, str(p)], check=True)  # returns at once
+    assert read_store(store_url, tmp_path, "out.bin") == b"old"  # no empty version meanwhile
+    assert wait_until(lambda: len(history_sizes(store_url, tmp_path, "out.bin")) == 2, timeout=20)
+    assert history_sizes(store_url, tmp_path, "out.bin") == [3, 3000000]
+    assert p.read_bytes() == b"x" * 3000000
+
+
+MAPPED_WRITER = """
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+n = 4 << 20
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, n)
+addr = libc.mmap(None, n, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+os.close(fd)  # as C programs do: the mapping keeps the file
+ctypes.memmove(addr, b"M" * n, n)
+assert libc.msync(ctypes.c_void_p(addr), ctypes.c_size_t(n), 4) == 0
+assert libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(n)) == 0
+"""
+
+
+def test_a_file_written_through_a_mapping_after_its_descriptor_closed_is_one_version(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    m = mount_store(store_url)
+    p = m.path / "mapped.bin"
+    p.write_bytes(b"old")
+    subprocess.run([sys.executable, "-c", MAPPED_WRITER, str(p)], check=True)
+    assert wait_until(lambda: m.stats()["files_being_written"] == 0)
+    assert history_sizes(store_url, tmp_path, "mapped.bin") == [3, 4 << 20]  # no zeros first
+    assert read_store(store_url, tmp_path, "mapped.bin") == b"M" * (4 << 20)
+
+
+def test_mv_of_a_file_another_process_writes_keeps_its_old_content_under_the_new_name(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    a = mount_store(store_url, name="a")
+    b = mount_store(store_url, name="b")
+    old = os.urandom(2 * MiB)
+    (a.path / "r.bin").write_bytes(old)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(a.path / "r.bin"), str(MiB), str(MiB)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert writer.stdout.readline().strip() == "half"
+        subprocess.run(["mv", str(a.path / "r.bin"), str(a.path / "renamed.bin")], check=True)
+        # Everyone else: the file moved, with the content it had.
+        assert (b.path / "renamed.bin").read_bytes() == old
+        assert not (b.path / "r.bin").exists()
+        writer.kill()  # the save never finishes
+        writer.wait()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert wait_until(lambda: a.stats()["files_being_written"] == 0)
+    assert read_store(store_url, tmp_path, "renamed.bin") == old  # nothing lost
+    assert (a.path / "renamed.bin").read_bytes() == old

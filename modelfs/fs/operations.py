@@ -479,24 +479,18 @@ class Operations(pyfuse3.Operations):
         if session is not None:
             self.store.check_new_path(new)  # a path the store cannot hold fails now
             if self.view.file(old) is not None:
-                if session.dirty:  # committed under the new name at its close
-                    await self._run(self._delete_keeping_parent, old)
-                    self.view.file_removed(old)
-                else:  # what the session holds is old's committed version: move that
-                    self.view.file_removed(old)
-                    self.view.file_changed(
-                        new, await self._run(self._rename_keeping_parent, old, new)
-                    )
+                # The committed version moves now: until the session commits its own (as
+                # new's next version), everyone else reads that, whole, under the new
+                # name, and it is still there if the writer never closes the file.
+                version = await self._run(self._rename_keeping_parent, old, new)
+                self.view.file_removed(old)
+                self.view.file_changed(new, version)
             await self.writes.renamed(session, new)
             return
         version = await self._run(self._rename_keeping_parent, old, new)
         self.view.file_removed(old)
         self.view.file_changed(new, version)
         await self._invalidate(new)
-
-    def _delete_keeping_parent(self, path: str) -> None:
-        self.store.ensure_dir(path.rpartition("/")[0])
-        self.store.delete(path)
 
     def _rename_keeping_parent(self, old: str, new: str) -> Version:
         self.store.ensure_dir(old.rpartition("/")[0])

@@ -123,17 +123,17 @@ class StagingArea:
         staged.write_journal(CLOSED)
 
     def discard(self, staged: StagedFile) -> None:
-        if staged.fd >= 0:
-            os.close(staged.fd)
-            staged.fd = -1
+        fd, staged.fd = staged.fd, -1  # taken first: a descriptor is closed once, never twice
+        if fd >= 0:
+            os.close(fd)
         staged.data_path.unlink(missing_ok=True)
         staged.journal_path.unlink(missing_ok=True)
 
     def recover(self, staged: StagedFile) -> Path:
         """Keep a partial file out of the way, in recovered/, never to be committed."""
-        if staged.fd >= 0:
-            os.close(staged.fd)
-            staged.fd = -1
+        fd, staged.fd = staged.fd, -1
+        if fd >= 0:
+            os.close(fd)
         return self._move_to_recovered(staged.data_path, staged.journal_path, staged.path)
 
     def _move_to_recovered(self, data: Path, journal: Path, path: str) -> Path:

@@ -14,23 +14,23 @@ live in a local staging file (staging.py). Its rules:
 - **Many writers share it**, as on a local filesystem: every open for
   writing of the path in this mount joins the one session, and O_TRUNC
   truncates the shared file.
-- **When it is committed.** At a close (flush) once every writer has closed
-  the file: each handle flushed since its last write, and no writer's
-  process still holding a descriptor of it (FUSE flushes at every close(2),
-  also of a duplicate: dd's close of the descriptor it dup2'ed, a child's
-  close-on-exec). Otherwise when the last handle is released. fsync commits
-  at once what the file holds. A failed commit keeps the data staged
-  (journal "closed"); it is retried in the background and by the next mount.
+- **When it is committed.** At the close (flush) after which nothing can
+  write the file: every handle flushed since its last write, and no process
+  holding it for writing (Processes: a descriptor of the writer or of a
+  process it started, or a shared writable mapping). FUSE flushes at every
+  close(2), also of a duplicate: dd's close of the descriptor it dup2'ed, a
+  child's close-on-exec. Otherwise when the last handle is released. fsync
+  commits at once what the file holds (an O_SYNC handle's syncs only make it
+  durable in staging). A failed commit keeps the data staged (journal
+  "closed"); it is retried in the background and by the next mount.
 - **Crashes.** The journal says "open" until the commit starts: a crash
   before the last close never commits a partial file (the next mount moves
   it to recovered/). A writer killed by a signal before it closed the file
   is no save either: its bytes go to recovered/, nothing is committed.
 
 Caveats:
-- A file whose last descriptor is held by a process that forked from the
-  opener is committed at the opener's close, and again after the child's
-  writes (two versions).
-- A mmap'ed file written back after its last close is committed again at release.
+- A descriptor passed to an unrelated process (SCM_RIGHTS) is not seen: the
+  file is committed at the writer's close, and again after that process writes.
 """
 
 from __future__ import annotations
@@ -87,21 +87,60 @@ def process_of(pid: int) -> int:
     return pid
 
 
+def _writable(fdinfo: bytes) -> bool:
+    """Whether an fdinfo entry is of a descriptor open for writing (its octal flags)."""
+    for line in fdinfo.splitlines():
+        if line.startswith(b"flags:"):
+            return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    return True  # no flags line: assume it may write
+
+
 class Processes:
     """What the kernel says (in /proc) of the processes that write through the mount.
 
     FUSE's flush comes with every close(2) of a descriptor, also of a duplicate,
-    and with no word of who closed it; these answer whether the writer still
+    and with no word of who closed it; these answer whether a writer still
     holds the file, and whether it was killed. Blocking (they read /proc).
     """
 
-    def __init__(self, mount_id: int | None = None) -> None:
-        self.mount_id = mount_id  # the mount's id in mountinfo (None: match inodes only)
+    MAX_DESCENDANTS = 256  # a process tree larger than this is not searched further
 
-    def holds(self, process: int, inode: int) -> bool:
-        """Whether process has a descriptor open on inode of this mount."""
-        if process <= 0:
-            return False
+    def __init__(self, mount_id: int | None = None, device: tuple[int, int] | None = None) -> None:
+        self.mount_id = mount_id  # the mount's id in mountinfo (None: match inodes only)
+        self.device = device  # its (major, minor) device numbers, as /proc/PID/maps shows
+
+    def holders(self, processes: set[int], inode: int) -> set[int]:
+        """Those of processes, and of the processes they started, that can still write
+        inode of this mount: through a descriptor open for writing (a child given the
+        descriptor, as subprocess's stdout= does, holds it too), or a shared writable
+        mapping (a program may close the descriptor once it has mapped the file). A
+        descriptor open for reading does not keep a file from being committed."""
+        return {
+            p
+            for p in self._and_descendants(processes)
+            if self._writes_through_a_descriptor(p, inode)
+            or self._writes_through_a_mapping(p, inode)
+        }
+
+    def _and_descendants(self, processes: set[int]) -> list[int]:
+        found = [p for p in processes if p > 0]
+        for p in found:  # grows as children are found
+            if len(found) >= self.MAX_DESCENDANTS:
+                break
+            try:
+                tasks = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue  # gone
+            for task in tasks:
+                try:
+                    with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                        children = [int(c) for c in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+                found.extend(c for c in children if c not in found)
+        return found
+
+    def _writes_through_a_descriptor(self, process: int, inode: int) -> bool:
         try:
             fds = os.listdir(f"/proc/{process}/fdinfo")
         except OSError:
@@ -114,8 +153,30 @@ class Processes:
                     info = f.read()
             except OSError:
                 continue  # closed while we looked
-            if want_ino in info and want_mnt in info:
+            if want_ino in info and want_mnt in info and _writable(info):
                 return True
+        return False
+
+    def _writes_through_a_mapping(self, process: int, inode: int) -> bool:
+        try:
+            with open(f"/proc/{process}/maps", "rb") as f:
+                maps = f.read()
+        except OSError:
+            return False
+        want = str(inode).encode()
+        if want not in maps:
+            return False
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) < 5 or fields[4] != want or fields[1][1:2] != b"w":
+                continue
+            if fields[1][3:4] != b"s":
+                continue  # a private mapping writes nothing back
+            if self.device is not None:
+                major, _, minor = fields[3].partition(b":")
+                if (int(major, 16), int(minor, 16)) != self.device:
+                    continue
+            return True
         return False
 
     def killed(self, process: int) -> bool:
@@ -140,6 +201,9 @@ class WriteHandle:
     process: int
     flushed: bool = False  # closed (flush) since this handle's last change
     killed: bool = False  # its process was killed: its close is not a save
+    # Opened O_SYNC or O_DSYNC: the kernel syncs after every write, which is no request
+    # to publish what is half written.
+    sync_writes: bool = False
 
 
 @dataclass(eq=False)
@@ -147,7 +211,11 @@ class WriteSession:
     path: str  # "" once unlinked: never committed
     inode: int
     processes: set[int] = field(default_factory=set)  # those that see the session at path
+    # Invited (answered ESTALE) and not yet joined: the session waits for them a while.
+    awaiting: set[int] = field(default_factory=set)
+    holders: set[int] = field(default_factory=set)  # processes last found holding it for writing
     invited_at: float = field(default_factory=time.monotonic)
+    ended: bool = False  # its staging file is discarded (or kept for the next mount)
     staged: StagedFile | None = None  # None until the first open (an invitation only)
     handles: list[WriteHandle] = field(default_factory=list)
     # The committed content the file starts from, not yet copied in: opening a large
@@ -243,11 +311,11 @@ class Writes:
         session = self._by_path.get(path)
         if (
             session is not None
-            and session.pending
             and not session.handles
+            and not (session.dirty and session.path and not session.pending)
             and time.monotonic() - session.invited_at > INVITATION_SECONDS
         ):
-            self._end(session)
+            self._expire(session)
             return None
         return session
 
@@ -274,7 +342,9 @@ class Writes:
             session.base_version = self.view.file(path)
             self._by_path[path] = session
             self._by_inode[session.inode] = session
-        session.processes.add(process_of(pid))
+        process = process_of(pid)
+        session.processes.add(process)
+        session.awaiting.add(process)
         session.invited_at = time.monotonic()
         return session
 
@@ -286,6 +356,7 @@ class Writes:
         truncate = bool(flags & os.O_TRUNC)
         # Joined before any await: a session with a handle is not ended under us.
         handle = self._join(session, writable, pid)
+        handle.sync_writes = bool(flags & (os.O_SYNC | os.O_DSYNC))
         try:
             if session.pending:
                 async with session.lock:
@@ -313,6 +384,7 @@ class Writes:
             self._by_inode[session.inode] = session
         # Joined before any await: a session with a handle is not ended under us.
         handle = self._join(session, True, pid)
+        handle.sync_writes = bool(flags & (os.O_SYNC | os.O_DSYNC))
         try:
             async with session.lock:
                 if session.pending:
@@ -337,13 +409,12 @@ class Writes:
         session = handle.session
         session.handles.remove(handle)
         if not session.handles and not (session.dirty and session.path):
-            self._end(session)
-            if session.staged is not None:
-                await self._run(self.staging.discard, session.staged)
+            await self._finish(session)
 
     def _join(self, session: WriteSession, writable: bool, pid: int) -> WriteHandle:
         handle = WriteHandle(session, writable, process_of(pid))
         session.handles.append(handle)
+        session.awaiting.discard(handle.process)
         if writable:
             session.processes.add(handle.process)
         return handle
@@ -496,11 +567,11 @@ class Writes:
         writers = session.writers
         if not all(h.flushed for h in writers):
             return False
-        processes = {h.process for h in writers}
-        held = await self._run(
-            lambda: any(self.processes.holds(p, session.inode) for p in processes)
-        )
-        return not held
+        # Who held it last time stays a candidate: a child outlives the writer that
+        # handed it the descriptor (it is then no longer found among its children).
+        candidates = {h.process for h in writers} | session.holders
+        session.holders = await self._run(self.processes.holders, candidates, session.inode)
+        return not session.holders
 
     async def flush(self, handle: WriteHandle) -> None:
         """A close of a descriptor: commit if the last writer has closed the file."""
@@ -516,9 +587,13 @@ class Writes:
             await self.commit(session, closed=True)
 
     async def fsync(self, handle: WriteHandle) -> None:
-        """fsync: publish what the file holds now (a version, durable in the store)."""
+        """fsync: publish what the file holds now (a version, durable in the store); for
+        a handle opened O_SYNC or O_DSYNC, make its bytes durable in staging only."""
         session = handle.session
-        if session.dirty and session.path:
+        if handle.sync_writes:
+            assert session.staged is not None
+            await self._run(os.fsync, session.staged.fd)
+        elif session.dirty and session.path:
             await self.commit(session)
 
     async def release(self, handle: WriteHandle) -> None:
@@ -533,10 +608,35 @@ class Writes:
             except ModelfsError:
                 pass  # logged; stays staged ("closed") and is tried again later
         if not session.handles and not (session.dirty and session.path):
-            self._end(session)  # before any await: nobody joins it from now on
-            await self._wait_early_upload(session)  # it reads through the fd discard closes
-            if session.staged is not None:
-                await self._run(self.staging.discard, session.staged)
+            if session.awaiting and time.monotonic() - session.invited_at < INVITATION_SECONDS:
+                # A process was answered ESTALE to join it and is about to open it again:
+                # ending now would send its retry to the old inode, and ESTALE again.
+                await self._wait_early_upload(session)
+                return
+            await self._finish(session)
+
+    async def _finish(self, session: WriteSession) -> None:
+        """End a session with no handle left and nothing to commit: its staging file goes.
+        Once only, whoever calls it (two releases may both find the last handle gone)."""
+        if session.ended:
+            return
+        session.ended = True
+        self._end(session)  # before any await: nobody finds it from now on
+        await self._wait_early_upload(session)  # it reads through the fd discard closes
+        if session.staged is not None:
+            await self._run(self.staging.discard, session.staged)
+
+    def _expire(self, session: WriteSession) -> None:
+        """_finish for an invitation nobody took up (no await: called from lookups)."""
+        if session.ended:
+            return
+        session.ended = True
+        self._end(session)
+        task = session.early_task
+        if session.staged is not None and (task is None or task.done()):
+            self.staging.discard(session.staged)  # two unlinks and a close: no thread needed
+        elif session.staged is not None:
+            task.add_done_callback(lambda _: self.staging.discard(session.staged))
 
     async def _abandon(self, session: WriteSession, process: int) -> None:
         """The last writer was killed before it closed the file: the previous version
@@ -614,9 +714,7 @@ class Writes:
                 continue
             log.info("committed %s on a later try", session.path)
             if not session.handles:
-                self._end(session)
-                assert session.staged is not None
-                await self._run(self.staging.discard, session.staged)
+                await self._finish(session)
 
     def _end(self, session: WriteSession) -> None:
         if self._by_path.get(session.path) is session:
@@ -639,9 +737,7 @@ class Writes:
                 await self._run(session.staged.write_journal)
             session.processes.clear()
         if not session.handles:
-            self._end(session)
-            if session.staged is not None:
-                await self._run(self.staging.discard, session.staged)
+            await self._finish(session)
 
     async def renamed(self, session: WriteSession, new: str) -> None:
         """The session's file was renamed: it is committed under its new name."""
