@@ -28,6 +28,7 @@ from fsdriver import (
 
 from modelfs.backends import MemoryBackend
 from modelfs.errors import BackendError
+from modelfs.store import Store
 
 WRITER, READER, OTHER = PID_BASE + 1, PID_BASE + 2, PID_BASE + 3
 MiB = 1 << 20
@@ -448,6 +449,19 @@ async def test_chmod_of_a_committed_file_is_a_version_with_the_same_content(
     await k.chmod("s.sh", 0o755, OTHER)
     assert (await k.stat("s.sh", READER)).st_mode & 0o777 == 0o755
     assert history_sizes(backend, "s.sh") == [10, 10]
+
+
+@trio_test
+async def test_a_chmod_to_the_mode_a_file_has_makes_no_version(backend, fs_mounts) -> None:
+    """cp -p and rsync set the mode after the copy; `modelfs put` records none (mode 0)."""
+    with Store.open(backend) as store:
+        store.put("f.bin", b"weights")
+    k = await started(fs_mounts(backend))
+    await k.chmod("f.bin", 0o644, OTHER)
+    assert history_sizes(backend, "f.bin") == [7]
+    await k.chmod("f.bin", 0o600, OTHER)
+    await k.chmod("f.bin", 0o600, OTHER)
+    assert history_sizes(backend, "f.bin") == [7, 7]
 
 
 @trio_test

@@ -44,7 +44,6 @@ from .reads import ReadHandle, Reads
 from .staging import MODE_KEY, StagingArea
 from .view import View
 from .writes import (
-    DEFAULT_FILE_MODE,
     RETRY_SECONDS,
     Processes,
     WriteHandle,
@@ -197,7 +196,7 @@ class Operations(pyfuse3.Operations):
             # While the path is being written here, others look it up at every use, so that
             # they follow its commit at once.
             timeout = 0 if self.writes.at(path) is not None else self.refresh_interval
-            mode = version.mode or DEFAULT_FILE_MODE
+            mode = version.file_mode
             return self._attributes(inode, mode, version.size, version.time, timeout)
         if self._is_dir(path):
             return self._attributes(inode, DIR_MODE, 0, self.started, self.refresh_interval)
@@ -205,7 +204,7 @@ class Operations(pyfuse3.Operations):
 
     def _version_attr(self, inode: int, version: Version) -> pyfuse3.EntryAttributes:
         """Attributes of an open (possibly since unlinked or replaced) file: its opened version."""
-        mode = version.mode or DEFAULT_FILE_MODE
+        mode = version.file_mode
         return self._attributes(inode, mode, version.size, version.time, self.refresh_interval)
 
     def _invited(self, path: str, ctx: Any) -> pyfuse3.FUSEError:
@@ -315,7 +314,7 @@ class Operations(pyfuse3.Operations):
             current = await self.writes.truncate_path(path, attr.st_size, current)
             self.inodes.drop_page_cache(inode)
         if fields.update_mode:
-            mode = stat.S_IFMT(current.mode or DEFAULT_FILE_MODE) | (attr.st_mode & 0o7777)
+            mode = stat.S_IFMT(current.file_mode) | (attr.st_mode & 0o7777)
             current = await self._run(self.store.chmod, path, mode)
             self.view.file_changed(path, current)
         return self._attr(inode, path)

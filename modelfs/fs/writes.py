@@ -53,13 +53,13 @@ from ..errors import ModelfsError
 from ..reader import BlockReader
 from ..store import Manifest, Store, Version
 from ..store.early import EarlyUploader
+from ..store.refs import DEFAULT_FILE_MODE
 from .inodes import InodeTable
 from .staging import COMMITTED, MODE_KEY, OPEN, StagedFile, StagingArea, commit_leftovers
 from .view import View
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
 # An invited process that has not opened the session's inode by then never will (its
 # retry failed or it went away): the session is dropped.
 INVITATION_SECONDS = 10.0
@@ -760,7 +760,7 @@ class Writes:
             v = session.base_version
             if v is None:
                 return DEFAULT_FILE_MODE, 0, time.time()
-            return v.mode or DEFAULT_FILE_MODE, v.size, v.time
+            return v.file_mode, v.size, v.time
         mode = int(session.staged.metadata.get(MODE_KEY, DEFAULT_FILE_MODE))
         return mode, session.size, os.fstat(session.staged.fd).st_mtime
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import stat
 import time
 from dataclasses import asdict, dataclass
 
@@ -27,6 +28,7 @@ from .paths import describe_key, path_stored_at, ref_key
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 50
+DEFAULT_FILE_MODE = stat.S_IFREG | 0o644  # what a version's mode 0 means
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Version:
     @property
     def deleted(self) -> bool:
         return self.manifest is None
+
+    @property
+    def file_mode(self) -> int:
+        """The type and permission bits the version has (mode 0 is a regular file, 0644)."""
+        return self.mode or DEFAULT_FILE_MODE
 
 
 @dataclass(frozen=True)

@@ -647,8 +647,8 @@ class Store:
     def chmod(self, path: str, mode: int) -> Version:
         """A new version of path with the same content and these mode bits."""
         current = self.version(path)
-        if current.mode == mode:
-            return current
+        if current.file_mode == mode:
+            return current  # rsync and cp -p set the mode a file already has
         return append_version(
             self.backend, normalize_path(path), current.manifest, size=current.size, mode=mode,
             content_hash=current.content_hash, message="mode changed",
