@@ -36,8 +36,8 @@ from modelfs.errors import (
     UnsupportedFormatError,
 )
 from modelfs.store import Store, StoreConfig
+from modelfs.store import cas as store_cas
 from modelfs.store import format as store_format
-from modelfs.store import refs as store_refs
 from modelfs.store.paths import dir_marker_key, is_shortened_key, ref_key
 
 ASCII = "n" * 255
@@ -539,7 +539,7 @@ def test_a_ref_that_keeps_changing_fails_with_conflict_error_naming_the_path(
     backend = MemoryBackend()
     Store.create(backend).put(f"busy/{WIDE}", b"one")
     sleeps: list[float] = []
-    monkeypatch.setattr(store_refs, "time", SimpleNamespace(time=lambda: 0.0, sleep=sleeps.append))
+    monkeypatch.setattr(store_cas, "time", SimpleNamespace(sleep=sleeps.append))
     store = Store.open(AlwaysConflicts(backend))
     with pytest.raises(ConflictError, match=f"could not publish a version of busy/{WIDE}") as info:
         store.put(f"busy/{WIDE}", b"two")

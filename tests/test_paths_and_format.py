@@ -9,6 +9,7 @@ that fit a key component keep the key version 1 gave them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -421,8 +422,8 @@ V1_CONFIG = (
 )
 
 
-def test_new_stores_are_format_version_2_and_version_1_configs_still_read() -> None:
-    assert FORMAT_VERSION == 2 and StoreConfig().version == 2
+def test_new_stores_are_format_version_3_and_version_1_configs_still_read() -> None:
+    assert FORMAT_VERSION == 3 and StoreConfig().version == 3
     old = StoreConfig.from_bytes(V1_CONFIG)
     assert old.version == 1 and old.chunking == ChunkingLimits() and old.pack_size == 32 << 20
 
@@ -430,7 +431,7 @@ def test_new_stores_are_format_version_2_and_version_1_configs_still_read() -> N
 def test_upgrading_a_config_changes_its_version_and_nothing_else() -> None:
     upgraded = config_with_version(V1_CONFIG, 2)
     assert json.loads(upgraded) == {**json.loads(V1_CONFIG), "version": 2}
-    assert StoreConfig.from_bytes(upgraded) == StoreConfig()
+    assert StoreConfig.from_bytes(upgraded) == dataclasses.replace(StoreConfig(), version=2)
     with_extra = V1_CONFIG[:-1] + b',"written_by":"modelfs 0.1"}'
     assert json.loads(config_with_version(with_extra, 2))["written_by"] == "modelfs 0.1"
 

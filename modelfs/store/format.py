@@ -21,7 +21,12 @@ FORMAT_NAME = "modelfs"
 # 2: names too long for a key component are shortened (see paths.py); directory
 # markers hold their path. Version-1 stores are read and written as they are, and
 # become version 2 when the first shortened key is written (Store.require_format).
-FORMAT_VERSION = 2
+# 3: names records (tags, aliases, metrics) under meta/, directory snapshots under
+# snapshots/, and versions whose ref entry holds metrics. A store becomes version 3
+# before the first of these is written.
+FORMAT_VERSION = 3
+SHORTENED_KEYS_VERSION = 2  # the format version that first allowed shortened names in keys
+NAMES_VERSION = 3  # the format version that first had names records, snapshots and metrics
 MANIFEST_VERSION = 1  # manifests did not change: the same content keeps the same id
 
 CONFIG_KEY = "config"

@@ -40,6 +40,7 @@ COMPONENT_MAX = 255  # bytes of one key component, with the '~' that ends a file
 # under a prefix of up to 64 bytes. Part of the format: changing it would change keys.
 SHORT_PREFIX = 120
 REFS_PREFIX = "refs/"
+META_PREFIX = "meta/"  # as long as REFS_PREFIX: a path whose ref fits has a names key that fits
 # A lone "~" name: encoded names are never empty, so no file's key ends in "/~".
 DIR_MARKER = "~"
 _SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
@@ -120,6 +121,20 @@ def dir_ref_prefix(prefix: str) -> str:
 def dir_marker_key(path: str) -> str:
     """The key whose presence makes a directory exist although no file is in it (mkdir)."""
     return dir_ref_prefix(normalize_path(path)) + DIR_MARKER
+
+
+def names_key(path: str, *, is_dir: bool) -> str:
+    """The key of a path's names record (tags, aliases, metrics; a directory's snapshots):
+    under meta/ exactly as its ref (a file) or its marker (a directory) is under refs/."""
+    if is_dir:
+        return META_PREFIX + _encode_path(normalize_path(path), is_file=False) + "/" + DIR_MARKER
+    return META_PREFIX + _encode_path(normalize_path(path), is_file=True) + "~"
+
+
+def names_prefix(prefix: str) -> str:
+    """The key prefix of the names records of everything under a directory."""
+    norm = normalize_prefix(prefix)
+    return META_PREFIX + _encode_path(norm, is_file=False) + "/" if norm else META_PREFIX
 
 
 def is_dir_marker_key(key: str) -> bool:

@@ -15,19 +15,20 @@ whatever its key's length.
 from __future__ import annotations
 
 import logging
-import random
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..backends.base import Backend
-from ..errors import AlreadyExistsError, ConflictError, FormatError, NotFoundError
+from ..errors import FormatError, NotFoundError
+from . import cas
 from .format import canonical_json, is_hex_id, parse_json
+from .metrics import Metrics, Value, check_metrics
 from .paths import describe_key, path_stored_at, ref_key
 
 log = logging.getLogger(__name__)
 
-_CAS_ATTEMPTS = 50
 DEFAULT_FILE_MODE = stat.S_IFREG | 0o644  # what a version's mode 0 means
 
 
@@ -40,6 +41,8 @@ class Version:
     content_hash: str = ""
     message: str = ""
     mode: int = 0  # POSIX type and permission bits; 0: a regular file, 0644
+    # Recorded with the version at its commit (format 3); later ones are in its names record.
+    metrics: Mapping[str, Value] | None = None
 
     @property
     def deleted(self) -> bool:
@@ -64,17 +67,17 @@ class Ref:
         return self.versions[-1]
 
     def get(self, number: int) -> Version:
-        for v in self.versions:
-            if v.version == number:
-                if v.deleted:
-                    raise NotFoundError(f"version {number} of {self.path} is a deletion")
-                return v
+        if 1 <= number <= len(self.versions):  # numbered 1, 2, 3... (checked on read)
+            v = self.versions[number - 1]
+            if v.deleted:
+                raise NotFoundError(f"version {number} of {self.path} is a deletion")
+            return v
         raise NotFoundError(
             f"{self.path} has no version {number} (versions 1..{len(self.versions)})"
         )
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"path": self.path, "versions": [asdict(v) for v in self.versions]})
+        return canonical_json({"path": self.path, "versions": [_entry(v) for v in self.versions]})
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str, path: str | None = None) -> Ref:
@@ -86,12 +89,21 @@ class Ref:
             for i, v in enumerate(versions, 1):
                 if v.version != i or not (v.manifest is None or is_hex_id(v.manifest)):
                     raise ValueError(f"version entry {i} is malformed")
+                if v.metrics is not None:
+                    check_metrics(v.metrics)
             named = path_stored_at(doc["path"], key, what)
             if path is not None and named != path:
                 raise ValueError(f"it names {named!r}")  # a hash collision of shortened names
             return cls(named, versions)
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{what} is malformed: {e}") from None
+
+
+def _entry(v: Version) -> dict:
+    entry = asdict(v)
+    if not v.metrics:
+        del entry["metrics"]  # a version-2 reader knows no such field
+    return entry
 
 
 def load_ref(backend: Backend, path: str) -> tuple[Ref, str]:
@@ -117,35 +129,27 @@ def append_version(
     content_hash: str = "",
     message: str = "",
     mode: int = 0,
+    metrics: Metrics | None = None,
     require_current: bool = False,
 ) -> Version:
     """Publish a new version of path (manifest None: delete it) by compare-and-swap.
 
-    ConflictError if other writers changed the ref every time, _CAS_ATTEMPTS times.
+    ConflictError if other writers changed the ref every time (cas.ATTEMPTS times).
     """
     key = ref_key(path)
-    for attempt in range(1, _CAS_ATTEMPTS + 1):
-        ref: Ref | None
-        try:
-            ref, etag = load_ref(backend, path)
-        except NotFoundError:
-            ref, etag = None, ""
+    made: list[Version] = []
+
+    def append(data: bytes | None) -> bytes:
+        ref = Ref.from_bytes(data, key, path) if data is not None else None
         if require_current and (ref is None or ref.current is None):
             raise NotFoundError(f"no such file in the store: {path}")
         versions = ref.versions if ref else ()
-        new = Version(len(versions) + 1, manifest, time.time(), size, content_hash, message, mode)
-        body = Ref(path, versions + (new,)).to_bytes()
-        try:
-            if ref is None:
-                backend.put_if_absent(key, body)
-            else:
-                backend.put_if_match(key, body, etag)
-            return new
-        except (ConflictError, AlreadyExistsError):
-            log.info("ref of %s changed under us (attempt %d); retrying", path, attempt)
-            if attempt < _CAS_ATTEMPTS:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** (attempt - 1))))
-    raise ConflictError(
-        f"could not publish a version of {path}: its ref changed under us {_CAS_ATTEMPTS} "
-        "times in a row (other writers are committing to it); try again"
-    )
+        new = Version(
+            len(versions) + 1, manifest, time.time(), size, content_hash, message, mode,
+            dict(metrics) if metrics else None,
+        )  # fmt: skip
+        made[:] = [new]
+        return Ref(path, versions + (new,)).to_bytes()
+
+    cas.update(backend, key, append, f"publish a version of {path}")
+    return made[0]

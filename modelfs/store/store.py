@@ -29,12 +29,12 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import blake3
 
@@ -59,6 +59,8 @@ from .blockindex import BlockIndex
 from .chunking import RandomAccess, Span, split
 from .format import (
     CONFIG_KEY,
+    NAMES_VERSION,
+    SHORTENED_KEYS_VERSION,
     StoreConfig,
     block_id,
     checksum,
@@ -68,6 +70,7 @@ from .format import (
     pack_key,
 )
 from .manifest import BlockRef, Manifest
+from .metrics import Metrics, check_metrics
 from .namespace import RefCache, Tree
 from .packs import BlockLocation, PackWriter, read_trailer
 from .paths import (
@@ -88,6 +91,9 @@ from .tensorfile import TensorLayout, header_size_needed, parse_layout
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 Progress = Callable[[int], None]
 
@@ -103,7 +109,6 @@ MANIFEST_CACHE_ENTRIES = 64
 # several readers at once and for S3's per-connection bandwidth, at worst
 # 8 x 64 MiB of coalesced ranges in memory.
 DEFAULT_MAX_REQUESTS = 8
-SHORTENED_KEYS_VERSION = 2  # the format version that first allowed shortened names in keys
 
 
 @dataclass(frozen=True)
@@ -247,13 +252,16 @@ class Store:
         message: str = "",
         progress: Progress | None = None,
         mode: int = 0,
+        metrics: Metrics | None = None,
     ) -> PutResult:
-        """Store source as the next version of path (mode: POSIX bits; 0 for a plain file)."""
+        """Store source as the next version of path (mode: POSIX bits; 0 for a plain file),
+        with metrics recorded in the same commit."""
         started = time.monotonic()
         path = normalize_path(path)
         key = self.check_new_path(path)
         self._check_namespace(path)
         metadata = _check_metadata(metadata)
+        metrics = check_metrics(metrics)
         self.refresh_index()
         with _open_source(source) as src:
             layout = _layout_of(src)
@@ -282,15 +290,12 @@ class Store:
         except AlreadyExistsError:
             pass  # the same content and metadata were stored before
         self.require_format(key)
+        if metrics:
+            self.require_version(NAMES_VERSION, f"recording metrics with {path}")
         version = append_version(
-            self.backend,
-            path,
-            manifest_id,
-            size=manifest.size,
-            content_hash=manifest.content_hash,
-            message=message,
-            mode=mode,
-        )
+            self.backend, path, manifest_id, size=manifest.size,
+            content_hash=manifest.content_hash, message=message, mode=mode, metrics=metrics,
+        )  # fmt: skip
         result = PutResult(
             path, version.version, manifest.size, len(blocks), new_blocks, new_bytes, uploaded,
             manifest_id, manifest.layout, time.monotonic() - started,
@@ -419,28 +424,37 @@ class Store:
     def require_format(self, key: str) -> None:
         """Make a version-1 store version 2 before its first key with a shortened name is
         written, so that older modelfs refuse the store ("upgrade modelfs") rather than
-        miss or misname what is under such keys. A compare-and-swap of the config object,
-        whose other fields stay as they are; once a store is version 2 it stays so."""
-        if self.config.version >= SHORTENED_KEYS_VERSION or not is_shortened_key(key):
+        miss or misname what is under such keys."""
+        if is_shortened_key(key):
+            self.require_version(
+                SHORTENED_KEYS_VERSION,
+                f"writing {describe_key(key)}, whose key has a shortened name",
+            )
+
+    def require_version(self, needed: int, why: str) -> None:
+        """Raise the store's format version to `needed` (if it is lower) before writing what
+        older readers would misread: a compare-and-swap of the config object, whose other
+        fields stay as they are; a store's version never goes down."""
+        if self.config.version >= needed:
             return
         with self._config_lock:
             for _attempt in range(5):
                 data, etag = self.backend.get_with_etag(CONFIG_KEY)
                 config = StoreConfig.from_bytes(data)
-                if config.version < SHORTENED_KEYS_VERSION:
-                    upgraded = config_with_version(data, SHORTENED_KEYS_VERSION)
+                if config.version < needed:
+                    upgraded = config_with_version(data, needed)
                     try:
                         self.backend.put_if_match(CONFIG_KEY, upgraded, etag)
                     except ConflictError:
                         continue
-                    config = StoreConfig.from_bytes(upgraded)
                     log.info(
-                        "upgraded %s to store format version %d before writing %s, whose key "
-                        "has a shortened name that version-%d readers would misread: modelfs "
-                        "releases that know only version %d now refuse this store",
-                        self.backend.url, config.version, describe_key(key),
-                        self.config.version, self.config.version,
+                        "upgraded %s to store format version %d (from %d) before %s, which "
+                        "version-%d readers would misread: modelfs releases that know only "
+                        "version %d now refuse this store",
+                        self.backend.url, needed, config.version, why, config.version,
+                        config.version,
                     )  # fmt: skip
+                    config = StoreConfig.from_bytes(upgraded)
                 self.config = config
                 return
         raise ConflictError(
@@ -667,6 +681,17 @@ class Store:
                     )
                 ]
         return sorted(self._current_files(dir_ref_prefix(prefix)), key=lambda f: f.path)
+
+    def refs_under(self, prefix: str = "") -> list[Ref]:
+        """The refs of every path ever stored under a directory ('' for all), deleted ones
+        too, sorted by path: one LIST and one GET per path (in parallel)."""
+        keys = [k for k in self._keys_under(dir_ref_prefix(prefix)) if is_file_ref_key(k)]
+        refs = [r for r in self._io.map(self._ref_at, keys) if r is not None]
+        return sorted(refs, key=lambda r: r.path)
+
+    def map_io(self, fn: Callable[[T], U], items: Iterable[T]) -> list[U]:
+        """fn over items on the store's request threads (bounded: max_requests at once)."""
+        return list(self._io.map(fn, items))
 
     def _current_files(self, key_prefix: str, limit: int | None = None) -> Iterator[FileInfo]:
         keys = [k for k in self._keys_under(key_prefix) if is_file_ref_key(k)]
