@@ -20,12 +20,12 @@ from .errors import (
     StoreNotFoundError,
     UnsupportedFormatError,
 )
-from .models import load_model, save_model, update_model
+from .models import load_model, save_model, select_model, update_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client", "CorruptionError", "FormatError", "InvalidPathError", "ModelfsError",
     "NotFoundError", "StoreNotFoundError", "UnsupportedFormatError", "init_store",
-    "load_model", "open_store", "save_model", "update_model",
+    "load_model", "open_store", "save_model", "select_model", "update_model",
 ]  # fmt: skip

@@ -1,5 +1,9 @@
 """The modelfs command line: parses, calls the Python API, prints. No logic of its own.
 
+Every command that reads takes an address where it takes a path
+(PATH@N, PATH@NAME, PATH@blake3:HEX, PATH@latest, DIR@NAME/FILE) and shows the
+version it resolved to (`PATH@N blake3:...`), so that a script can pin it.
+
 Exit status: 0 success, 1 a modelfs error (message on stderr, nothing
 changed), 2 bad usage, 3 fsck found problems.
 """
@@ -7,6 +11,7 @@ changed), 2 bad usage, 3 fsck found problems.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -20,8 +25,12 @@ from typing import Any, TextIO
 
 from .backends.retry import DEFAULT_MAX_ELAPSED
 from .client import DEFAULT_CACHE_SIZE, Client, default_cache_dir, init_store, open_store
-from .errors import ModelfsError
+from .errors import InvalidArgumentError, ModelfsError, NotFoundError
 from .store import ChunkingLimits, StoreConfig
+from .store.addresses import Resolved, parse_address
+from .store.metrics import Value, check_name, format_value, parse_assignment
+from .store.naming import owner_of
+from .store.registry import Event, Name
 from .store.store import DEFAULT_MAX_REQUESTS
 
 log = logging.getLogger("modelfs")
@@ -152,6 +161,7 @@ def cmd_put(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ModelfsError(f"--meta takes KEY=VALUE, not {item!r}")
         metadata[key] = value
+    metrics = dict(parse_assignment(a) for a in args.metric or [])
     local = args.local
     if local == "-":
         source: Any = sys.stdin.buffer
@@ -168,7 +178,9 @@ def cmd_put(args: argparse.Namespace) -> int:
         dest = args.path or os.path.basename(local)
     with _open(args) as client:
         bar = ProgressBar(f"put {dest}", total, force=args.progress)
-        result = client.put(dest, source, metadata=metadata, message=args.message, progress=bar)
+        result = client.put(
+            dest, source, metadata=metadata, message=args.message, progress=bar, metrics=metrics
+        )
         bar.close()
     if args.json:
         _print_json(asdict(result))
@@ -187,6 +199,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     with _open(args) as client, client.open(args.path, args.version) as f:
         if args.local == "-":
             _copy(f, sys.stdout.buffer, None)
+            sys.stdout.buffer.flush()
+            print(f"{f.pinned} {f.content_hash}", file=sys.stderr)
             return 0
         dest = args.local or os.path.basename(f.path)
         if os.path.isdir(dest):
@@ -207,6 +221,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             os.unlink(tmp)
             raise
         bar.close()
+    print(f"{f.pinned} {f.content_hash}")  # what was got, for a script to pin
     if not args.quiet:
         print(f"{f.path} version {f.version} -> {dest} ({human(f.size)}, verified)")
     return 0
@@ -223,6 +238,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
     with _open(args) as client, client.open(args.path, args.version) as f:
         _copy(f, sys.stdout.buffer, None)
     sys.stdout.buffer.flush()
+    print(f"{f.pinned} {f.content_hash}", file=sys.stderr)
     return 0
 
 
@@ -243,15 +259,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     with _open(args) as client:
         versions = client.history(args.path)[::-1]  # newest first, in both forms
+        metrics = client.metrics_by_version(args.path)
+        names = client.names_by_version(args.path)
     if args.json:
-        _print_json([Client.version_dict(v) for v in versions])
+        _print_json([
+            {**Client.version_dict(v), "metrics": metrics.get(v.version, {}),
+             "names": names.get(v.version, [])}
+            for v in versions
+        ])  # fmt: skip
         return 0
     for v in versions:
         if v.deleted:
             print(f"v{v.version:<4} {_when(v.time)}  deleted")
         else:
+            shown = _metrics_text(metrics.get(v.version))
+            extra = f"  {shown}" if shown else ""
+            if names.get(v.version):
+                extra += f"  [{', '.join(names[v.version])}]"
             msg = f"  {v.message}" if v.message else ""
-            print(f"v{v.version:<4} {_when(v.time)}  {v.size:>14}  {v.content_hash}{msg}")
+            print(f"v{v.version:<4} {_when(v.time)}  {v.size:>14}  {v.content_hash}{extra}{msg}")
     return 0
 
 
@@ -261,8 +287,14 @@ def cmd_stat(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
+    if args.path:
+        print(f"{'address':>28}: {info['path']}@{info['version']} {info['content_hash']}")
     for key, value in info.items():
-        if key.endswith("bytes") or key.startswith("logical") or key == "size":
+        if key == "metrics":
+            value = _metrics_text(value)
+        elif key == "names":
+            value = ", ".join(value)
+        elif key.endswith("bytes") or key.startswith("logical") or key == "size":
             value = f"{value} ({human(value)})"
         elif isinstance(value, float) and key.endswith("ratio"):
             value = f"{value:.3f}"
@@ -286,6 +318,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({**result, "ok": True})
         else:
+            print(f"{result['path']}@{result['version']} {result['content_hash']}")
             print(
                 f"{result['path']} version {result['version']}: {result['blocks']} blocks verified, no problems found"
             )
@@ -314,6 +347,157 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             print(f"affected: {a['path']}{where}{at}: {a['problem']}")
         print("no problems found" if report.ok else "PROBLEMS FOUND")
     return 0 if report.ok else 3
+
+
+def _metrics_text(metrics: dict[str, Value] | None) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in sorted((metrics or {}).items()))
+
+
+def _at(path: str, version: int | None) -> str:
+    """The address of a path's version given as --version N (an address as it is)."""
+    if version is None:
+        return path
+    if "@" in path:
+        raise InvalidArgumentError(
+            f"{path!r} is an address with its own version: do not give --version as well"
+        )
+    return f"{path}@{version}"
+
+
+def _resolved_line(r: Resolved) -> str:
+    metrics = _metrics_text(r.metrics)
+    return r.describe() + (f"  {metrics}" if metrics else "")
+
+
+def _name_line(owner: str, n: Name) -> str:
+    msg = f"  {n.message}" if n.message else ""
+    return (
+        f"{n.kind} {owner}@{n.name} -> {n.target} {n.target.content_hash}  "
+        f"{_when(n.time)} by {n.by}{msg}"
+    )
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        address = _at(args.path, args.version)
+        named = client.tag(address, args.name, args.message)
+        owner = owner_of(parse_address(address))
+    print(_name_line(owner, named))
+    return 0
+
+
+def cmd_untag(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        target = client.untag(args.path, args.name, args.message)
+    print(f"removed tag {args.path}@{args.name} (it named {target} {target.content_hash})")
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        address = _at(args.path, args.version)
+        named = client.alias(address, args.name, args.message, expect=args.expect)
+        owner = owner_of(parse_address(address))
+    print(_name_line(owner, named))
+    return 0
+
+
+def cmd_alias_rm(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        target = client.unalias(args.path, args.name, args.message)
+    print(f"removed alias {args.path}@{args.name} (it named {target} {target.content_hash})")
+    return 0
+
+
+def _event_line(e: Event) -> str:
+    before = f"{e.before} {e.before.content_hash}" if e.before is not None else "(none)"
+    after = f"{e.after} {e.after.content_hash}" if e.after is not None else "(removed)"
+    msg = f"  {e.message}" if e.message else ""
+    return f"{_when(e.time)}  {e.action:<8} {e.name}: {before} -> {after}  by {e.by}{msg}"
+
+
+def cmd_alias_log(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        events = client.names_log(args.path, args.name)
+    if not events:
+        raise NotFoundError(f"{args.path} has no tag or alias {args.name!r}, and never had one")
+    if args.json:
+        _print_json([e.to_json() for e in events])
+        return 0
+    for e in events:
+        print(_event_line(e))
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    with _open(args) as client:
+        found = client.names_under(args.path or "")
+        metrics = [client.resolve(f"{owner}@{n.name}").metrics or {} for owner, n in found]
+    if args.json:
+        _print_json([
+            {"owner": owner, "name": n.name, "kind": n.kind, "target": n.target.to_json(),
+             "time": n.time, "by": n.by, "message": n.message, "metrics": m}
+            for (owner, n), m in zip(found, metrics, strict=True)
+        ])  # fmt: skip
+        return 0
+    for (owner, n), m in zip(found, metrics, strict=True):
+        shown = _metrics_text(m)
+        print(_name_line(owner, n) + (f"  [{shown}]" if shown else ""))
+    return 0
+
+
+def cmd_metric(args: argparse.Namespace) -> int:
+    change: dict[str, Value | None] = dict(parse_assignment(a) for a in args.assignments)
+    for name in args.delete or []:
+        change[check_name(name)] = None
+    with _open(args) as client:
+        resolved = client.record_metrics(args.address, change, args.message)
+    if args.json:
+        _print_json({"address": resolved.pinned, "content_hash": resolved.content_hash,
+                     "metrics": resolved.metrics})  # fmt: skip
+        return 0
+    print(_resolved_line(resolved))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    if args.json and args.csv:
+        raise InvalidArgumentError("give --json or --csv, not both")
+    with _open(args) as client:
+        chosen = client.select(
+            args.target, where=args.where, order_by=args.order_by, limit=args.limit,
+            all_versions=args.all_versions, alias=args.alias, message=args.message,
+        )  # fmt: skip
+    if not chosen.ranked:
+        clause = f" matches {args.where!r}" if args.where else " exists"
+        raise NotFoundError(f"no version of {args.target}{clause} ({chosen.considered} looked at)")
+    rows = [
+        {"address": c.address, "path": c.path, "version": c.version, "dir": c.is_dir,
+         "content_hash": c.content_hash, "time": c.time, "size": c.size,
+         "message": c.message, "metrics": c.metrics}
+        for c in chosen.ranked
+    ]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+    elif args.csv:
+        names = sorted({k for c in chosen.ranked for k in c.metrics})
+        out = csv.writer(sys.stdout)
+        fields = ["address", "path", "version", "dir", "content_hash", "time", "size", "message"]
+        out.writerow(fields + names)
+        for row in rows:
+            out.writerow([row[f] for f in fields] + [row["metrics"].get(k, "") for k in names])
+    else:
+        for c in chosen.ranked:
+            metrics = _metrics_text(c.metrics)
+            print(f"{c.address} {c.content_hash}  {_when(c.time)}  {metrics}".rstrip())
+    print(f"{len(chosen.ranked)} shown, {chosen.matched} matched, {chosen.considered} looked at",
+          file=sys.stderr)  # fmt: skip
+    if args.alias:
+        best = chosen.ranked[0]
+        owner = args.target.strip("/")
+        line = f"alias {owner}@{args.alias} -> {best.address} {best.content_hash}"
+        print(line, file=sys.stderr if args.json or args.csv else sys.stdout)
+    return 0
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -449,9 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="metadata, e.g. user.metric.accuracy=0.91",
     )
+    sp.add_argument(
+        "--metric", action="append", metavar="NAME=VALUE",
+        help="a metric recorded with the version, e.g. accuracy=0.913 (repeatable)",
+    )  # fmt: skip
 
     sp = add("get", cmd_get, "copy a stored file to a local file")
-    sp.add_argument("path")
+    sp.add_argument("path", help="a path or an address (PATH@N, PATH@NAME, DIR@NAME/FILE...)")
     sp.add_argument(
         "local", nargs="?", help="destination file or directory, or - for standard output"
     )
@@ -466,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("prefix", nargs="?", default="", help="a directory in the store")
     sp.add_argument("-l", "--long", action="store_true", help="sizes, versions and times")
 
-    sp = add("log", cmd_log, "versions of a stored file, newest first")
+    sp = add("log", cmd_log, "versions of a stored file, newest first, with metrics and names")
     sp.add_argument("path")
 
     sp = add("stat", cmd_stat, "blocks, dedup and compression of a file, or of the whole store")
@@ -515,7 +703,79 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", help="check only this file (fetching every block from the store)"
     )
     sp.add_argument("--version", type=int)
+
+    sp = add("tag", cmd_tag, "name a version with a tag, which never moves")
+    sp.add_argument("path", help="a file or directory, or an address of one of its versions")
+    sp.add_argument("name")
+    sp.add_argument("--version", type=int, help="a past version (default: current)")
+    sp.add_argument("-m", "--message", default="", help="why, kept in the names log")
+
+    sp = add("untag", cmd_untag, "remove a tag (the removal is logged)")
+    sp.add_argument("path")
+    sp.add_argument("name")
+    sp.add_argument("-m", "--message", default="")
+
+    sp = add(
+        "alias", cmd_alias, "point an alias (a name that moves, every move logged) at a version"
+    )
+    sp.add_argument("path", help="a file or directory, or an address of one of its versions")
+    sp.add_argument("name")
+    sp.add_argument("--version", type=int, help="a past version (default: current)")
+    sp.add_argument("-m", "--message", default="", help="why, kept in the names log")
+    sp.add_argument(
+        "--expect", metavar="ADDRESS", help="move it only if it still names this version"
+    )
+
+    sp = add("alias log", cmd_alias_log, "every change of a tag or alias, oldest first")
+    sp.add_argument("path")
+    sp.add_argument("name")
+
+    sp = add("alias rm", cmd_alias_rm, "remove an alias (the removal is logged)")
+    sp.add_argument("path")
+    sp.add_argument("name")
+    sp.add_argument("-m", "--message", default="")
+
+    sp = add("tags", cmd_tags, "tags and aliases, with their targets and metrics")
+    sp.add_argument("path", nargs="?", help="of this file or directory and what is under it")
+
+    sp = add("metric", cmd_metric, "record metrics of a version (makes no new version)")
+    sp.add_argument("address", help="a path (its current version) or an address")
+    sp.add_argument("assignments", nargs="*", metavar="NAME=VALUE")
+    sp.add_argument("--delete", action="append", metavar="NAME", help="remove a metric")
+    sp.add_argument("-m", "--message", default="", help="a note kept in the names log")
+
+    sp = add("select", cmd_select, "rank the versions of a file, or under a prefix, by metrics")
+    sp.add_argument("target", metavar="PATH_OR_PREFIX",
+                    help="a file (all its versions) or a prefix such as checkpoints/")  # fmt: skip
+    sp.add_argument("--where", help="e.g. \"accuracy > 0.9 and dataset == 'sst2'\"")
+    sp.add_argument("--order-by", help="comma-separated fields, '-' for descending: -accuracy")
+    sp.add_argument("--limit", type=positive_int, metavar="K", help="show at most K")
+    sp.add_argument("--all-versions", action="store_true",
+                    help="every version under a prefix, not only the current ones")  # fmt: skip
+    sp.add_argument("--csv", action="store_true", help="comma-separated output")
+    sp.add_argument("--alias", metavar="NAME", help="point this alias at the best one")
+    sp.add_argument("-m", "--message", default="", help="for the alias's log")
     return p
+
+
+# Subcommands of a command that takes a positional store first (alias log STORE ...):
+# argparse cannot tell them from a store, so they are told apart here, before parsing.
+_TWO_WORD = {"alias": ("log", "rm")}
+
+
+def _prepare_argv(argv: list[str]) -> list[str]:
+    """Join two-word commands, and keep `--order-by -accuracy` from reading as an option."""
+    argv = list(argv)
+    for i in range(len(argv) - 1):
+        if argv[i] == "--order-by" and argv[i + 1].startswith("-"):
+            argv[i : i + 2] = [f"--order-by={argv[i + 1]}"]
+            break
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is None or first + 1 >= len(argv):
+        return argv
+    if argv[first + 1] in _TWO_WORD.get(argv[first], ()):
+        return [*argv[:first], f"{argv[first]} {argv[first + 1]}", *argv[first + 2 :]]
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -524,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _prepare_argv(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     args.argv = [a for a in argv if a not in ("-v", "-vv", "--verbose")]
     # A mount daemon logs what it does (to its log file); commands only warn.

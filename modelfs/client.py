@@ -6,6 +6,12 @@
         with store.open("bert/model.safetensors") as f:
             f.seek(1024); head = f.read(4096)
 
+Every read takes an address as well as a path (store/addresses.py):
+`open("bert/model.safetensors@champion")`, `open("bert@3/config.json")`, and
+the file object says which version it got (`f.version`, `f.content_hash`).
+Tags, aliases, metrics recorded later and selection by metrics are the store's
+naming and selection modules, reached through the methods below.
+
 This is wiring: it knows the backend, store, cache and reader layers and adds
 no format logic of its own.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,12 +34,20 @@ from .errors import (
     AlreadyExistsError,
     CorruptionError,
     InvalidArgumentError,
+    IsADirectoryError_,
     ModelfsError,
+    NotFoundError,
     StoreNotFoundError,
 )
 from .reader import BlockReader, StoredFile
-from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version
-from .store.paths import normalize_path
+from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version, naming
+from .store.addresses import Resolved, parse_address, resolve
+from .store.format import NAMES_VERSION
+from .store.metrics import Value
+from .store.paths import names_prefix, normalize_path
+from .store.registry import Event, Name, NamesRecord, Target, is_names_key, load_record, set_name
+from .store.selection import Selection, select
+from .store.snapshots import join
 from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
 
 DEFAULT_CACHE_SIZE = 10 << 30
@@ -92,21 +107,48 @@ class Client:
         message: str = "",
         progress: Progress | None = None,
         mode: int = 0,
+        metrics: Mapping[str, Value] | None = None,
     ) -> PutResult:
-        """Store a local path, a binary file object or bytes as the next version of path."""
+        """Store a local path, a binary file object or bytes as the next version of path,
+        with metrics (name -> number or string) recorded in the same commit."""
         return self.store.put(
-            path, source, metadata=metadata, message=message, progress=progress, mode=mode
-        )
+            path, source, metadata=metadata, message=message, progress=progress, mode=mode,
+            metrics=metrics,
+        )  # fmt: skip
 
     def delete(self, path: str) -> Version:
         return self.store.delete(path)
 
+    # addresses
+
+    def resolve(self, address: str) -> Resolved:
+        """The one immutable version an address names (see store/addresses.py)."""
+        return resolve(self.store, address)
+
+    def _file(self, path: str, version: int | None) -> tuple[str, Version]:
+        """The path and version that a path and number, or an address, name: a file's."""
+        if "@" not in path:
+            norm = normalize_path(path)
+            return norm, self.store.version(norm, version)
+        if version is not None:
+            raise InvalidArgumentError(
+                f"{path!r} is an address with its own version: do not give a version as well"
+            )
+        resolved = self.resolve(path)
+        if resolved.is_dir or resolved.entry is None:
+            raise IsADirectoryError_(
+                f"{path} is the directory version {resolved.pinned}, not a file: "
+                f"name a file in it ({path}/NAME)"
+            )
+        return resolved.path, resolved.entry
+
     # reading
 
     def open(self, path: str, version: int | None = None) -> StoredFile:
-        """A lazy, seekable, read-only file object for a version (default: current)."""
-        norm = normalize_path(path)
-        v = self.store.version(norm, version)
+        """A lazy, seekable, read-only file object for a version (default: current). path may
+        be an address (PATH@N, PATH@NAME, PATH@blake3:HEX, DIR@NAME/FILE); f.version and
+        f.content_hash say which version it is."""
+        norm, v = self._file(path, version)
         assert v.manifest is not None
         return StoredFile(self.reader, self.store.load_manifest(v.manifest), norm, v.version)
 
@@ -121,14 +163,40 @@ class Client:
             return f.read(length if length is not None else max(0, f.size - offset))
 
     def list(self, prefix: str = "") -> list[FileInfo]:
-        return self.store.list(prefix)
+        """Current files under a directory; for an address of a directory version
+        (`bert@champion`), the files of that version."""
+        if "@" not in prefix:
+            return self.store.list(prefix)
+        resolved = self.resolve(prefix)
+        if not resolved.is_dir or resolved.snapshot is None:
+            assert resolved.entry is not None
+            v = resolved.entry
+            return [FileInfo(resolved.path, v.version, v.size, v.time, v.content_hash)]
+        snap = resolved.snapshot
+        refs = self.store.map_io(self.store.ref, [join(snap.path, f.path) for f in snap.files])
+        return [
+            FileInfo(ref.path, f.version, f.size, ref.get(f.version).time, f.content_hash)
+            for f, ref in zip(snap.files, refs, strict=True)
+        ]
 
     def history(self, path: str) -> list[Version]:
+        """Every version of a file, deletions included (of the file an address names)."""
+        if "@" in path:
+            resolved = self.resolve(path)
+            if resolved.is_dir:
+                raise IsADirectoryError_(f"{path} is a directory version; a file has a history")
+            path = resolved.path
         return self.store.history(path)
 
     def stat(self, path: str, version: int | None = None) -> dict[str, Any]:
-        """Size, blocks, codecs, dedup and compression figures of one version."""
-        v = self.store.version(path, version)
+        """Size, blocks, codecs, dedup and compression figures of one version, with its
+        metrics and the tags and aliases that name it. A directory version (an address
+        such as `bert@champion`) gives its files, size, metrics and names."""
+        if "@" in path and version is None:
+            resolved = self.resolve(path)
+            if resolved.is_dir:
+                return self._stat_dir(resolved)
+        norm, v = self._file(path, version)
         assert v.manifest is not None
         m = self.store.load_manifest(v.manifest)
         codecs: dict[str, int] = {}
@@ -139,8 +207,11 @@ class Client:
             if b.location.block_id not in unique:
                 unique[b.location.block_id] = b.location.length
                 stored += b.location.stored_length
+        records = self._records_over(norm, is_dir=False)
+        own = records[0] if records and records[0].path == norm and not records[0].is_dir else None
+        metrics = own.metrics_of(v.version, v.metrics) if own else dict(v.metrics or {})
         return {
-            "path": normalize_path(path),
+            "path": norm,
             "version": v.version,
             "time": v.time,
             "size": m.size,
@@ -154,7 +225,170 @@ class Client:
             "codecs": codecs,
             "metadata": m.metadata,
             "message": v.message,
+            "metrics": metrics,
+            "names": self._names_at(records, Target(norm, v.version, v.content_hash, False)),
         }
+
+    def _stat_dir(self, resolved: Resolved) -> dict[str, Any]:
+        assert resolved.snapshot is not None
+        snap = resolved.snapshot
+        info: dict[str, Any] = {
+            "path": resolved.path,
+            "version": resolved.version,
+            "content_hash": resolved.content_hash,
+            "files": len(snap.files),
+            "size": snap.size,
+            "metrics": dict(resolved.metrics or {}),
+            "names": [],
+        }
+        if resolved.version is not None:
+            target = Target(resolved.path, resolved.version, resolved.content_hash, True)
+            info["names"] = self._names_at(self._records_over(resolved.path, is_dir=True), target)
+        return info
+
+    def _records_over(self, path: str, *, is_dir: bool) -> list[NamesRecord]:
+        """The names records that can name a version of path: its own, then each directory
+        above it, nearest first."""
+        records = []
+        own = load_record(self.store.backend, path, is_dir=is_dir)
+        if own is not None:
+            records.append(own)
+        parts = path.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            record = load_record(self.store.backend, "/".join(parts[:i]), is_dir=True)
+            if record is not None:
+                records.append(record)
+        return records
+
+    @staticmethod
+    def _names_at(records: list[NamesRecord], target: Target) -> list[str]:
+        """The names (as addresses: OWNER@NAME) that point at target."""
+        return sorted(
+            f"{r.path}@{n.name}" for r in records for n in r.names.values() if n.target == target
+        )
+
+    def names_by_version(self, path: str) -> dict[int, list[str]]:
+        """For each version of a file, the names (OWNER@NAME) pointing at it."""
+        norm = self._path_of(path)
+        out: dict[int, list[str]] = {}
+        for r in self._records_over(norm, is_dir=False):
+            for n in r.names.values():
+                if n.target.path == norm and not n.target.is_dir:
+                    out.setdefault(n.target.version, []).append(f"{r.path}@{n.name}")
+        return {v: sorted(names) for v, names in out.items()}
+
+    def metrics_by_version(self, path: str) -> dict[int, dict[str, Value]]:
+        """Each live version's metrics: recorded at commit, merged with those recorded later."""
+        norm = self._path_of(path)
+        record = load_record(self.store.backend, norm, is_dir=False)
+        out = {}
+        for v in self.store.history(norm):
+            if not v.deleted:
+                out[v.version] = (
+                    record.metrics_of(v.version, v.metrics) if record else dict(v.metrics or {})
+                )
+        return out
+
+    def _path_of(self, path: str) -> str:
+        if "@" in path:
+            return self.resolve(path).path
+        return normalize_path(path)
+
+    # names and metrics
+
+    def tag(self, address: str, name: str, message: str = "") -> Name:
+        """Name the version an address names; a tag never moves (AlreadyExistsError if the
+        name is taken by another version; setting it again to the same one changes nothing)."""
+        named, _, _ = naming.name_version(self.store, address, name, alias=False, message=message)
+        return named
+
+    def untag(self, path: str, name: str, message: str = "") -> Target:
+        """Remove a tag (the removal is logged); returns what it named."""
+        return naming.unname(self.store, path, name, alias=False, message=message)
+
+    def alias(self, address: str, name: str, message: str = "", expect: str | None = None) -> Name:
+        """Point an alias at the version an address names, moving it if it exists (every
+        move is logged). With expect (an address), move it only if it still names that
+        version (ConflictError otherwise, nothing changed)."""
+        named, _, _ = naming.name_version(
+            self.store, address, name, alias=True, message=message, expect=expect
+        )
+        return named
+
+    def unalias(self, path: str, name: str, message: str = "") -> Target:
+        """Remove an alias (the removal is logged); returns what it named."""
+        return naming.unname(self.store, path, name, alias=True, message=message)
+
+    def names(self, path: str) -> list[Name]:
+        """The tags and aliases a path owns, sorted by name."""
+        return naming.names_of(self.store, path)
+
+    def names_under(self, prefix: str = "") -> list[tuple[str, Name]]:
+        """(owner, name) for every tag and alias owned by prefix or by anything under it
+        (the whole store by default), sorted by owner and name."""
+        backend = self.store.backend
+        keys = [k for k in backend.list(names_prefix(prefix)) if is_names_key(k)]
+        records = [
+            NamesRecord.from_bytes(data, key)
+            for key, data in zip(keys, self.store.map_io(backend.get, keys), strict=True)
+        ]
+        if prefix.strip("/"):
+            norm = normalize_path(prefix)
+            records += [
+                r for is_dir in (False, True)
+                if (r := load_record(backend, norm, is_dir=is_dir)) is not None
+            ]  # fmt: skip
+        found = {(r.path, n.name): n for r in records for n in r.names.values()}
+        return [(owner, found[(owner, name)]) for owner, name in sorted(found)]
+
+    def names_log(self, path: str, name: str | None = None) -> list[Event]:
+        """Every change of a path's names (one name's, if given), oldest first."""
+        return naming.log_of(self.store, path, name)
+
+    def record_metrics(
+        self, address: str, metrics: Mapping[str, Value | None], message: str = ""
+    ) -> Resolved:
+        """Record metrics of a committed version (None removes one); makes no new version.
+        Returns the version with its metrics as they now are."""
+        return naming.measure(self.store, address, metrics, message=message)
+
+    def select(
+        self,
+        target: str,
+        where: str | None = None,
+        order_by: str | None = None,
+        limit: int | None = None,
+        all_versions: bool = False,
+        alias: str | None = None,
+        message: str = "",
+    ) -> Selection:
+        """Rank the versions of a file, or of what is under a prefix, by their metrics
+        (store/selection.py). With alias, point that alias of the target (a prefix's is
+        its directory's) at the best one in the same call; NotFoundError, and nothing
+        changed, if none matches."""
+        chosen = select(
+            self.store, target, where=where, order_by=order_by, limit=limit,
+            all_versions=all_versions,
+        )  # fmt: skip
+        if alias is None:
+            return chosen
+        if not chosen.ranked:
+            clause = f" matches {where!r}" if where else " exists"
+            raise NotFoundError(
+                f"no version of {target}{clause} ({chosen.considered} looked at): "
+                f"alias {alias} not changed"
+            )
+        best = chosen.ranked[0]
+        owner = parse_address(target).path if target.strip("/") else ""
+        if not owner:
+            raise InvalidArgumentError("an alias belongs to a file or directory: give one")
+        self.store.require_version(NAMES_VERSION, f"naming {best.address}")
+        set_name(
+            self.store.backend, owner, best.is_dir or best.path != owner, alias,
+            Target(best.path, best.version, best.content_hash, best.is_dir),
+            alias=True, message=message,
+        )  # fmt: skip
+        return chosen
 
     def store_stats(self) -> dict[str, Any]:
         """Figures for the whole store: logical bytes, unique bytes, bytes stored."""
@@ -186,8 +420,7 @@ class Client:
     def verify(self, path: str, version: int | None = None) -> dict[str, Any]:
         """Fetch every block of a version from the store (not the cache), check each
         block and the whole-file hash; CorruptionError names the first bad offset."""
-        norm = normalize_path(path)
-        v = self.store.version(norm, version)
+        norm, v = self._file(path, version)
         assert v.manifest is not None
         manifest = self.store.load_manifest(v.manifest)
         whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
@@ -219,6 +452,7 @@ class Client:
             "version": v.version,
             "size": manifest.size,
             "blocks": len(manifest.blocks),
+            "content_hash": manifest.content_hash,
         }
 
     def fsck(self, progress: Progress | None = None) -> FsckReport:

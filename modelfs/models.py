@@ -5,6 +5,11 @@ pickle) at NAME.safetensors in the store, which is split at tensor
 boundaries, so update_model's new version uploads only the tensors that
 changed. Tensors are numpy arrays, or torch tensors when torch is installed;
 load_model returns the kind that was saved unless told otherwise.
+
+Versions can carry metrics (save_model(..., metrics={"accuracy": 0.91})), and
+load_model takes a version as a number, a tag or alias name or blake3:<hex>,
+or picks the best version by its metrics (select= a where-clause, order_by=);
+select_model says which version that is without loading it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from .client import Client, open_store
-from .errors import FormatError, InvalidArgumentError, ModelfsError
+from .errors import FormatError, InvalidArgumentError, ModelfsError, NotFoundError
 from .store import PutResult
+from .store.addresses import Resolved
+from .store.metrics import Value
 from .store.tensorfile import DTYPE_SIZES, TensorBytes, encode_header, parse_layout
 
 FRAMEWORK_KEY = "modelfs.framework"
@@ -151,12 +158,61 @@ def save_model(
     store: str | os.PathLike[str] | Client | None = None,
     metadata: Mapping[str, str] | None = None,
     message: str = "",
+    metrics: Mapping[str, Value] | None = None,
 ) -> PutResult:
-    """Store params (name -> tensor) as a new version of NAME.safetensors."""
+    """Store params (name -> tensor) as a new version of NAME.safetensors, with metrics
+    (name -> number or string) recorded in the same commit."""
     data = encode_model(params, metadata)
     client, owned = _client(store)
     try:
-        return client.put(model_path(name), data, message=message)
+        return client.put(model_path(name), data, message=message, metrics=metrics)
+    finally:
+        if owned:
+            client.close()
+
+
+def _selection_target(client: Client, name: str) -> str:
+    """What select_model ranks: a prefix as given; NAME.safetensors if it is stored; else
+    the directory NAME (a model of several files)."""
+    if name.endswith("/"):
+        return name
+    path = model_path(name)
+    try:
+        client.store.ref(path)
+        return path
+    except NotFoundError:
+        pass
+    if client.store.is_dir(name):
+        return name + "/"
+    raise NotFoundError(f"no model {name!r} in the store: neither {path} nor a directory {name}/")
+
+
+def _select(client: Client, name: str, where: str | None, order_by: str | None) -> Resolved:
+    target = _selection_target(client, name)
+    chosen = client.select(target, where=where, order_by=order_by, limit=1,
+                           all_versions=True)  # fmt: skip
+    if not chosen.ranked:
+        clause = f" matches {where!r}" if where else " exists"
+        raise NotFoundError(
+            f"no version of {target}{clause} ({chosen.considered} versions looked at)"
+        )
+    return client.resolve(chosen.ranked[0].address)
+
+
+def select_model(
+    name_or_prefix: str,
+    *,
+    store: str | os.PathLike[str] | Client | None = None,
+    where: str | None = None,
+    order_by: str | None = None,
+) -> Resolved:
+    """The best version of a model (NAME.safetensors, or a directory, or every version under
+    a prefix ending in '/') that matches where, ranked by order_by (default: newest first):
+    its path, version, content_hash and metrics; `.pinned` is an address of just it.
+    NotFoundError if none matches."""
+    client, owned = _client(store)
+    try:
+        return _select(client, name_or_prefix, where, order_by)
     finally:
         if owned:
             client.close()
@@ -166,15 +222,36 @@ def load_model(
     name: str,
     *,
     store: str | os.PathLike[str] | Client | None = None,
-    version: int | None = None,
+    version: int | str | None = None,
     framework: str | None = None,
+    select: str | None = None,
+    order_by: str | None = None,
 ) -> dict[str, Any]:
-    """The tensors of a stored model (a past version if given); framework 'numpy' or 'torch'."""
+    """The tensors of a stored model; framework 'numpy' or 'torch'.
+
+    version: a number, a tag or alias name, or blake3:<hex> (default: the current
+    version). select (a where-clause) and order_by instead pick the best version of
+    the model by its metrics (as select_model does), which is then loaded exactly."""
     if framework not in (None, "numpy", "torch"):
         raise InvalidArgumentError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+    if version is not None and (select is not None or order_by is not None):
+        raise InvalidArgumentError("give a version or select/order_by, not both")
+    if isinstance(version, bool) or not isinstance(version, int | str | None):
+        raise InvalidArgumentError(f"version must be a number or a name, not {version!r}")
     client, owned = _client(store)
     try:
-        data = client.read(model_path(name), version=version)
+        if select is not None or order_by is not None:
+            best = _select(client, name, select, order_by)
+            if best.is_dir:
+                raise InvalidArgumentError(
+                    f"the best version is the directory {best.pinned}; load_model loads one "
+                    "safetensors file"
+                )
+            data = client.read(best.pinned)
+        elif isinstance(version, str):
+            data = client.read(f"{model_path(name)}@{version}")
+        else:
+            data = client.read(model_path(name), version=version)
     finally:
         if owned:
             client.close()

@@ -260,6 +260,16 @@ class StoredFile(io.RawIOBase):
     def size(self) -> int:
         return self.manifest.size
 
+    @property
+    def content_hash(self) -> str:
+        """The whole file's hash, as addresses write it (blake3:<hex>)."""
+        return self.manifest.content_hash
+
+    @property
+    def pinned(self) -> str:
+        """An address of exactly this version (PATH@N)."""
+        return f"{self.path}@{self.version}"
+
     def readable(self) -> bool:
         return True
 

@@ -31,10 +31,19 @@ so a slow or noisy machine moves both; each timed measurement is repeated
    trip of MS, as to a real S3 region, where requests in flight matter more
    than on loopback. Without --s3 only this section runs, on a file of
    --size 512M unless given; with --s3 it follows section 5 on its server.
+7. Selection (also alone with --selection): ranking one path's versions by
+   their metrics (where accuracy > 0.5 and dataset == 'sst2', order by
+   -accuracy) for 1, 100 and 10,000 versions (--selection-versions), and the
+   current versions of a directory of 100 files (--selection-files), with the
+   store requests each takes; resolve of PATH@champion; and one commit onto a
+   path of 1 and of 10,000 versions. On a local store, and with --s3 on
+   SeaweedFS too. The versions are written as the objects their commits would
+   have left (see _selection_fixture), not committed one by one.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
     .venv/bin/python scripts/bench.py --s3-requests 1,2,4,8,16,32 [--size 512M] \
         [--s3-latency-ms 20]
+    .venv/bin/python scripts/bench.py --selection [--s3] [--selection-versions 1,100,10000]
 
 Caveats:
 - Cold reads are only cold if the page cache can be dropped: as root through
@@ -47,7 +56,9 @@ Caveats:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -60,6 +71,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -71,8 +83,15 @@ import numpy as np
 import zstandard
 
 import modelfs
+from modelfs.backends import open_backend
+from modelfs.backends.base import Backend, BlobInfo, ByteRange, Data
 from modelfs.cli import parse_size
-from modelfs.store.store import DEFAULT_MAX_REQUESTS
+from modelfs.store.addresses import resolve
+from modelfs.store.paths import names_key, ref_key
+from modelfs.store.refs import Ref
+from modelfs.store.registry import Event, Name, NamesRecord, Target
+from modelfs.store.selection import select
+from modelfs.store.store import DEFAULT_MAX_REQUESTS, Store
 
 CHUNK = 16 << 20  # read size of every read measurement
 MB = 1e6  # throughput and sizes are reported in decimal megabytes
@@ -922,6 +941,292 @@ def s3_requests(
     return out
 
 
+# selection
+
+
+class CountingBackend(Backend):
+    """A backend seen through a counter of the calls made to it (what selection costs in
+    store requests, on any backend); everything passes through. Closing it leaves the
+    inner backend open, so that each timed run can have a fresh Store (no cache) over
+    one backend (one boto3 client: making one is not what is measured)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()  # the store's request threads call at once
+
+    def _count(self, call: str) -> None:
+        with self._lock:
+            self.calls[call] += 1
+
+    @property
+    def max_key_bytes(self) -> int | None:
+        return self.inner.max_key_bytes
+
+    @property
+    def key_limit_reason(self) -> str:
+        return self.inner.key_limit_reason
+
+    def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        self._count("get")
+        return self.inner.get(key, byte_range)
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        self._count("get_with_etag")
+        return self.inner.get_with_etag(key)
+
+    def head(self, key: str) -> BlobInfo:
+        self._count("head")
+        return self.inner.head(key)
+
+    def put(self, key: str, data: Data) -> str:
+        self._count("put")
+        return self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: Data) -> str:
+        self._count("put_if_absent")
+        return self.inner.put_if_absent(key, data)
+
+    def put_if_match(self, key: str, data: Data, etag: str) -> str:
+        self._count("put_if_match")
+        return self.inner.put_if_match(key, data, etag)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self._count("list")
+        return self.inner.list(prefix)
+
+    def list_info(self, prefix: str = "") -> Iterator[BlobInfo]:
+        self._count("list_info")
+        return self.inner.list_info(prefix)
+
+    def delete(self, key: str) -> None:
+        self._count("delete")
+        self.inner.delete(key)
+
+    def request_counts(self) -> dict[str, int]:
+        return self.inner.request_counts()
+
+    def close(self) -> None:
+        pass  # the inner backend outlives the store on this wrapper
+
+
+SELECT_WHERE = "accuracy > 0.5 and dataset == 'sst2'"
+SELECT_ORDER = "-accuracy"
+SELECT_LIMIT = 5
+SELECT_FILE = "m.bin"  # under a directory of its own for each number of versions
+
+
+def _selection_fixture(
+    inner: Backend, versions: list[int], files: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """The objects a store holds after len(versions) paths got N commits each (with metrics),
+    half of them measured again later, and the best one aliased champion; and a directory
+    of `files` files, one version each. One real Store.put makes the manifest every version
+    points at; everything else is written as the objects themselves."""
+    store = Store.open(inner)
+    try:
+        put = store.put(f"n{versions[0]}/{SELECT_FILE}", b"selection bench weights")
+    finally:
+        store.close()
+    real = inner.get(ref_key(put.path))  # the ref that put wrote: each version copies it
+    first = Ref.from_bytes(real, ref_key(put.path)).versions[0]
+    t0 = first.time
+    expected: dict[str, int] = {}
+    sizes: dict[str, dict[str, int]] = {}
+
+    def write(path: str, n: int) -> int:
+        """Path with versions 1..n; returns the best version (what champion names)."""
+        vs = tuple(
+            dataclasses.replace(
+                first,
+                version=i,
+                time=t0 + i,
+                metrics={"accuracy": float(rng.random()), "dataset": "sst2", "step": 100 * i},
+            )  # fmt: skip
+            for i in range(1, n + 1)
+        )
+        ref_body = Ref(path, vs).to_bytes()
+        inner.put(ref_key(path), ref_body)
+        # Half the versions were evaluated again after their commit (record_metrics, as
+        # `modelfs measure` does): those metrics live in the names record, not the ref, so
+        # selection must read both and let the later value win. A record holds one log
+        # event per measurement, as a real one would after n / 2 measure calls.
+        later = {v.version: {"accuracy": float(rng.random())} for v in vs if v.version % 2 == 0}
+        merged = {v.version: {**(v.metrics or {}), **later.get(v.version, {})} for v in vs}
+        best = max(
+            (k for k, m in merged.items() if m["accuracy"] > 0.5), key=lambda k: merged[k]["accuracy"],
+            default=1,
+        )  # fmt: skip
+        target = Target(path, best, first.content_hash)
+        log_events = [
+            Event(t0 + n + k, "bench", "metrics", "", None, Target(path, k, ""), "", m)
+            for k, m in later.items()
+        ]
+        champion = Name("champion", True, target, t0 + 2 * n, "bench")
+        log_events.append(Event(t0 + 2 * n, "bench", "alias", "champion", None, target))
+        record = NamesRecord(path, False, {"champion": champion}, dict(later), [], log_events)
+        record_body = record.to_bytes()
+        inner.put(names_key(path, is_dir=False), record_body)
+        sizes[path] = {"ref_bytes": len(ref_body), "names_record_bytes": len(record_body)}
+        return best
+
+    for n in versions:
+        path = f"n{n}/{SELECT_FILE}"
+        expected[path] = write(path, n)
+    for i in range(files):
+        write(f"dir/f{i:04d}.bin", 1)
+    return {"manifest": first.manifest, "expected_champion": expected, "sizes": sizes}
+
+
+def _requests(counts: collections.Counter[str]) -> dict[str, int]:
+    return {**dict(sorted(counts.items())), "total": sum(counts.values())}
+
+
+def selection_on(
+    inner: Backend, versions: list[int], files: int, repeats: int, seed: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Selection, resolve @champion and one commit on one backend (see selection())."""
+    fixture = _selection_fixture(inner, versions, files, np.random.default_rng(seed))
+    runs: dict[str, list[float]] = collections.defaultdict(list)
+    requests: dict[str, list[dict[str, int]]] = collections.defaultdict(list)
+    http: dict[str, list[dict[str, int]]] = collections.defaultdict(list)
+    facts: dict[str, dict[str, Any]] = {}
+
+    def measure(key: str, fn: Callable[[Store], Any]) -> Any:
+        counting = CountingBackend(inner)
+        store = Store.open(counting)  # a fresh store each time: no ref or manifest cached
+        try:
+            counting.calls.clear()  # the config read of opening is not the operation's
+            before = inner.request_counts()
+            t0 = time.perf_counter()
+            result = fn(store)
+            wall = time.perf_counter() - t0
+        finally:
+            store.close()
+        after = inner.request_counts()
+        runs[key].append(wall)
+        requests[key].append(_requests(counting.calls))
+        http[key].append(
+            {m: v - before.get(m, 0) for m, v in after.items() if v - before.get(m, 0)}
+        )
+        log(f"  {key:<28} {wall * 1e3:9.2f} ms  {sum(counting.calls.values())} requests")
+        return result
+
+    for r in range(repeats):
+        log(f"selection repeat {r + 1}/{repeats} on {inner.url}")
+        for n in versions:
+            path = f"n{n}/{SELECT_FILE}"
+            sel = measure(f"file_{n}", lambda s, p=path: select(
+                s, p, where=SELECT_WHERE, order_by=SELECT_ORDER, limit=SELECT_LIMIT))  # fmt: skip
+            facts[f"file_{n}"] = {
+                **fixture["sizes"][path], "considered": sel.considered, "matched": sel.matched,
+                "best": sel.ranked[0].address if sel.ranked else None,
+                "agrees_with_champion": bool(sel.ranked)
+                and sel.ranked[0].version == fixture["expected_champion"][path],
+            }  # fmt: skip
+            res = measure(f"resolve_champion_{n}", lambda s, p=path: resolve(s, f"{p}@champion"))
+            facts[f"resolve_champion_{n}"] = {"resolved": res.pinned}
+        sel = measure(f"prefix_{files}", lambda s: select(
+            s, "dir/", where=SELECT_WHERE, order_by=SELECT_ORDER, limit=SELECT_LIMIT))  # fmt: skip
+        facts[f"prefix_{files}"] = {"considered": sel.considered, "matched": sel.matched}
+    # Commits last: each adds a version, and the selections above saw exactly n.
+    for r in range(repeats):
+        for n in (versions[0], versions[-1]):
+            data = f"commit {r} onto {n} versions".encode()
+            measure(f"commit_{n}", lambda s, p=f"n{n}/{SELECT_FILE}", d=data: s.put(p, d))
+
+    out: dict[str, Any] = {}
+    for key, walls in runs.items():
+        out[key] = {
+            "seconds": walls,
+            "median_seconds": statistics.median(walls),
+            "min_seconds": min(walls),
+            "max_seconds": max(walls),
+            # The same in every run (no cache): the first run's, checked below.
+            "requests": requests[key][0],
+            "requests_same_every_run": all(x == requests[key][0] for x in requests[key]),
+            "http_requests": http[key][0],
+            **facts.get(key, {}),
+        }
+    return out
+
+
+def selection(
+    work: Path, server: Any | None, versions: list[int], files: int, repeats: int, seed: int,
+    log: Callable[[str], None], *, local: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Selection of one path's versions by their metrics (where SELECT_WHERE, order by
+    SELECT_ORDER) for each number of versions, and of the current versions of a
+    directory of `files` files, with the store requests each takes; resolve of
+    PATH@champion; and one commit (a put of a few bytes) onto a path of 1 and of
+    max(versions) versions, which rewrites the whole ref. On a local store and, with a
+    SeaweedFS server, on S3 (local=False: there alone). Each run opens a fresh Store
+    (no cache); medians of repeats.
+    """
+    backends = [("local", str(work / "store-selection"))] if local else []
+    if server is not None:
+        backends.append(("s3", f"s3://{server.new_bucket()}/selection"))
+    out: dict[str, Any] = {
+        "versions": versions, "files": files, "where": SELECT_WHERE, "order_by": SELECT_ORDER,
+        "limit": SELECT_LIMIT,
+    }  # fmt: skip
+    for kind, url in backends:
+        modelfs.init_store(url)
+        inner = open_backend(url)
+        try:
+            started = time.perf_counter()
+            out[kind] = selection_on(inner, versions, files, repeats, seed, log)
+            out[kind]["scenario_seconds"] = time.perf_counter() - started
+        finally:
+            inner.close()
+    return out
+
+
+def report_selection(sel: dict[str, Any]) -> list[str]:
+    kinds = [k for k in ("local", "s3") if k in sel]
+    lines = [
+        "",
+        f"Selection (where {sel['where']!r}, order by {sel['order_by']!r}, limit {sel['limit']};"
+        " a fresh Store each run, no cache)",
+        f"  {'measurement':<36}"
+        + "".join(f"{k + ' ms':>12}{'min-max':>16}{'requests':>10}" for k in kinds),
+    ]
+    rows = [(f"file_{n}", f"select one file, {n} versions") for n in sel["versions"]]
+    rows += [(f"prefix_{sel['files']}", f"select dir/ of {sel['files']} files")]
+    rows += [(f"resolve_champion_{n}", f"resolve @champion, {n} versions") for n in sel["versions"]]
+    ends = (sel["versions"][0], sel["versions"][-1])
+    rows += [(f"commit_{n}", f"commit (put) onto {n} versions") for n in dict.fromkeys(ends)]
+    for key, label in rows:
+        cells = []
+        for k in kinds:
+            x = sel[k][key]
+            spread = f"{x['min_seconds'] * 1e3:.1f}-{x['max_seconds'] * 1e3:.1f}"
+            cells.append(
+                f"{x['median_seconds'] * 1e3:>12.2f}{spread:>16}{x['requests']['total']:>10}"
+            )
+        lines.append(f"  {label:<36}" + "".join(cells))
+    for k in kinds:
+        x = sel[k][f"file_{sel['versions'][-1]}"]
+        lines.append(
+            f"  ({k}: {x['considered']} considered, {x['matched']} matched, best {x['best']}, "
+            f"agrees with @champion: {x['agrees_with_champion']}; requests "
+            f"{ {m: v for m, v in x['requests'].items() if m != 'total'} }"
+            + (f", HTTP {x['http_requests']}" if x["http_requests"] else "")
+            + f"; scenario {sel[k]['scenario_seconds']:.1f} s)"
+        )
+    n = sel["versions"][-1]
+    x = sel[kinds[0]][f"file_{n}"]
+    lines += [
+        f"  (at {n} versions the ref is {x['ref_bytes'] / MB:.2f} MB and the names record "
+        f"{x['names_record_bytes'] / MB:.2f} MB, each read whole; a commit rewrites the ref;",
+        "   a commit's requests are its first run's: each put also reads every pack index "
+        "object, one more per earlier commit)",
+    ]
+    return lines
+
+
 # machine and report
 
 
@@ -1218,6 +1523,8 @@ def report(res: dict[str, Any]) -> str:
             ]
     if "s3_requests" in res:
         lines += report_s3_requests(res["s3_requests"])
+    if "selection" in res:
+        lines += report_selection(res["selection"])
     return "\n".join(lines)
 
 
@@ -1255,6 +1562,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-latency-ms", type=float, default=0.0, metavar="MS",
                    help="with --s3-requests: reach SeaweedFS through a proxy adding MS to each "
                    "round trip (MS/2 each way), as a real S3 region would (default 0)")  # fmt: skip
+    p.add_argument("--selection", action="store_true",
+                   help="only: the selection section (local store; with --s3, SeaweedFS too)")  # fmt: skip
+    p.add_argument("--selection-versions", type=request_counts, default=[1, 100, 10000],
+                   metavar="LIST", help="selection: versions of the one path (1,100,10000)")  # fmt: skip
+    p.add_argument("--selection-files", type=int, default=100,
+                   help="selection: files in the directory selected over (100)")  # fmt: skip
     p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
@@ -1271,6 +1584,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats must be at least 1")
     if args.peers:
         return peers_main(args, argv)
+    if args.selection and args.s3_requests is not None:
+        p.error("--selection runs alone; it cannot go with --s3-requests")
+    if args.selection_files < 1:
+        p.error("--selection-files must be at least 1")
+    args.selection_versions = sorted(set(args.selection_versions))
     if args.s3_latency_ms < 0:
         p.error("--s3-latency-ms must not be negative")
     if args.s3_latency_ms and args.s3_requests is None:
@@ -1290,74 +1608,93 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="modelfs-bench-", dir=args.workdir))
+
+    def select_section(server: Any | None, local: bool = True) -> dict[str, Any]:
+        return selection(work, server, args.selection_versions, args.selection_files,
+                         args.repeats, args.seed, log, local=local)  # fmt: skip
+
+    def finish() -> None:
+        res["loadavg_end"] = os.getloadavg()
+        res["seconds"] = time.time() - started
+
+    res: dict[str, Any] = {}
     try:
-        res: dict[str, Any] = {"started": started, "machine": machine_info(work)}
+        res.update(started=started, machine=machine_info(work))
         cache = PageCache(allow_global_drop=not args.no_drop_caches)
         res["config"] = {
             "size": args.size, "repeats": args.repeats, "seed": args.seed,
             "read_chunk": CHUNK, "page_cache_drop": cache.method, "workdir": str(work),
             "s3_requests": args.s3_requests, "s3_latency_ms": args.s3_latency_ms,
+            "selection_versions": args.selection_versions, "selection_files": args.selection_files,
         }  # fmt: skip
-        rng = np.random.default_rng(args.seed)
-        fp32 = minilm_path()
-        if not sweep_only:
-            bf16 = work / "minilm-bf16.safetensors"
-            make_bf16(fp32, bf16)
-            log("compression")
-            res["compression"] = {
-                "fp32": compression(work, fp32, "fp32"),
-                "bf16": compression(work, bf16, "bf16"),
-            }
-            log("dedup")
-            res["dedup"] = dedup(work, fp32, rng)
-
-        log(f"generating {args.size / MB:.1f} MB of perturbed fp32 tensors")
-        big = work / "big.safetensors"
-        file_info = make_big_file(fp32, big, args.size, rng)
-
-        def sweep(server: Any) -> None:
-            log("cold reads and puts on SeaweedFS with each number of requests in flight")
-            res["s3_requests"] = {
-                "file": file_info,
-                **s3_requests(
-                    work,
-                    big,
-                    server,
-                    args.s3_requests,
-                    args.repeats,
-                    cache,
-                    log,
-                    args.s3_latency_ms,
-                ),  # fmt: skip
-            }
-
-        if sweep_only:
-            with seaweedfs() as server:
-                sweep(server)
+        if args.selection:
+            log("selection")
+            with seaweedfs() if args.s3 else contextlib.nullcontext() as server:
+                res["selection"] = select_section(server)
         else:
-            res["peak_rss_before_throughput_bytes"] = (
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            )
-            res["throughput"] = {
-                "file": file_info,
-                **throughput(work, big, args.repeats, cache, log),
-            }
-            res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if not sweep_only and not args.no_mount:
-            log("reads through a mount")
-            res["mount"] = mount_reads(work, big, args.repeats, cache, log)
-            if args.s3:
+            rng = np.random.default_rng(args.seed)
+            fp32 = minilm_path()
+            if not sweep_only:
+                bf16 = work / "minilm-bf16.safetensors"
+                make_bf16(fp32, bf16)
+                log("compression")
+                res["compression"] = {
+                    "fp32": compression(work, fp32, "fp32"),
+                    "bf16": compression(work, bf16, "bf16"),
+                }
+                log("dedup")
+                res["dedup"] = dedup(work, fp32, rng)
+
+            log(f"generating {args.size / MB:.1f} MB of perturbed fp32 tensors")
+            big = work / "big.safetensors"
+            file_info = make_big_file(fp32, big, args.size, rng)
+
+            def sweep(server: Any) -> None:
+                log("cold reads and puts on SeaweedFS with each number of requests in flight")
+                res["s3_requests"] = {
+                    "file": file_info,
+                    **s3_requests(
+                        work,
+                        big,
+                        server,
+                        args.s3_requests,
+                        args.repeats,
+                        cache,
+                        log,
+                        args.s3_latency_ms,
+                    ),  # fmt: skip
+                }
+
+            if sweep_only:
                 with seaweedfs() as server:
-                    log("the same file on SeaweedFS, through a mount")
-                    res["s3"] = s3_mount(work, big, server, args.repeats, cache, log)
-                    if args.s3_requests:
-                        sweep(server)
-            if args.rss_size:
-                big.unlink()  # room for the next file
-                log(f"daemon memory while reading {args.rss_size / MB:.0f} MB of random bytes")
-                res["daemon_memory"] = daemon_memory(work, args.rss_size, cache, log)
-        res["loadavg_end"] = os.getloadavg()
-        res["seconds"] = time.time() - started
+                    sweep(server)
+            else:
+                res["peak_rss_before_throughput_bytes"] = (
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                )
+                res["throughput"] = {
+                    "file": file_info,
+                    **throughput(work, big, args.repeats, cache, log),
+                }
+                res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                log("selection on a local store")
+                res["selection"] = select_section(None)
+            if not sweep_only and not args.no_mount:
+                log("reads through a mount")
+                res["mount"] = mount_reads(work, big, args.repeats, cache, log)
+                if args.s3:
+                    with seaweedfs() as server:
+                        log("the same file on SeaweedFS, through a mount")
+                        res["s3"] = s3_mount(work, big, server, args.repeats, cache, log)
+                        log("selection on SeaweedFS")
+                        res["selection"]["s3"] = select_section(server, local=False)["s3"]
+                        if args.s3_requests:
+                            sweep(server)
+                if args.rss_size:
+                    big.unlink()  # room for the next file
+                    log(f"daemon memory while reading {args.rss_size / MB:.0f} MB of random bytes")
+                    res["daemon_memory"] = daemon_memory(work, args.rss_size, cache, log)
+        finish()
     finally:
         if args.keep:
             log(f"kept {work}")

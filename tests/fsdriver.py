@@ -373,6 +373,23 @@ class Kernel:
             path, pid, lambda ino: self.ops.getxattr(ino, name.encode(), Ctx(pid))
         )
 
+    async def listxattr(self, path: str, pid: int) -> list[str]:
+        names = await self._with_retry(path, pid, lambda ino: self.ops.listxattr(ino, Ctx(pid)))
+        return sorted(os.fsdecode(n) for n in names)
+
+    async def removexattr(self, path: str, name: str, pid: int) -> None:
+        await self._with_retry(
+            path, pid, lambda ino: self.ops.removexattr(ino, name.encode(), Ctx(pid))
+        )
+
+    async def mkdir(self, path: str, pid: int) -> None:
+        parent, _, name = path.rpartition("/")
+        attr = await self.stat(parent, pid)
+        try:
+            await self.ops.mkdir(attr.st_ino, os.fsencode(name), 0o755, Ctx(pid))
+        except pyfuse3.FUSEError as e:
+            raise _errno_error(e, path) from None
+
     async def unlink(self, path: str, pid: int) -> None:
         parent, _, name = path.rpartition("/")
         attr = await self.stat(parent, pid)

@@ -25,6 +25,7 @@ from conftest import sha256
 from storeobjects import StoreObjects
 
 import modelfs
+from modelfs.store.addresses import resolve
 from modelfs.store.format import pack_key
 
 MiB = 1 << 20
@@ -762,20 +763,20 @@ def test_a_file_cannot_be_a_parent(store_url: str, mount_store) -> None:
 # extended attributes
 
 
-def test_xattrs_are_metadata_versions(store_url: str, mount_store, tmp_path: Path) -> None:
+def test_xattrs_are_metadata_versions_and_metrics_are_not(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
     m = mount_store(store_url)
     p = m.path / "model.bin"
     data = os.urandom(2 * MiB)
     p.write_bytes(data)
     packs = stored_objects(store_url, "packs", "index")
-    os.setxattr(p, "user.metric.accuracy", b"0.91")
-    os.setxattr(p, "user.note", "ünïcode".encode())
+    os.setxattr(p, "user.note", "ünïcode".encode())  # metadata: a new version
+    os.setxattr(p, "user.metric.accuracy", b"0.91")  # a metric of that version: none
     assert os.getxattr(p, "user.metric.accuracy") == b"0.91"
     assert sorted(os.listxattr(p)) == ["user.metric.accuracy", "user.note"]
-    os.removexattr(p, "user.note")
-    assert os.listxattr(p) == ["user.metric.accuracy"]
-    assert errno_of(os.getxattr, p, "user.note") == errno.ENODATA
-    assert errno_of(os.removexattr, p, "user.note") == errno.ENODATA
+    assert errno_of(os.getxattr, p, "user.missing") == errno.ENODATA
+    assert errno_of(os.removexattr, p, "user.missing") == errno.ENODATA
     assert errno_of(os.setxattr, p, "trusted.x", b"1") in (errno.ENOTSUP, errno.EOPNOTSUPP)
     assert errno_of(os.setxattr, p, "user.metric.accuracy", b"1", os.XATTR_CREATE) == errno.EEXIST
     assert errno_of(os.setxattr, p, "user.missing", b"1", os.XATTR_REPLACE) == errno.ENODATA
@@ -783,12 +784,17 @@ def test_xattrs_are_metadata_versions(store_url: str, mount_store, tmp_path: Pat
     assert p.read_bytes() == data
     with other_client(store_url, tmp_path) as c:
         history = c.history("model.bin")
-        assert len(history) == 4  # the write, two sets, one removal
+        assert len(history) == 2  # the write and the set of user.note; a metric makes none
         assert len({v.content_hash for v in history}) == 1
-        assert c.store.manifest("model.bin").metadata == {"user.metric.accuracy": "0.91"}
+        assert c.store.manifest("model.bin").metadata == {"user.note": "ünïcode"}
+        assert resolve(c.store, "model.bin").metrics == {"accuracy": 0.91}
     assert m.unmount().returncode == 0
     m2 = mount_store(store_url)
-    assert os.getxattr(m2.path / "model.bin", "user.metric.accuracy") == b"0.91"
+    p2 = m2.path / "model.bin"
+    assert os.getxattr(p2, "user.metric.accuracy") == b"0.91"
+    os.removexattr(p2, "user.note")  # a new version, with the same content and metrics
+    assert os.listxattr(p2) == ["user.metric.accuracy"]
+    assert errno_of(os.getxattr, p2, "user.note") == errno.ENODATA
 
 
 def test_xattr_set_while_writing_is_committed_with_the_data(
@@ -938,7 +944,7 @@ def test_stats_command_and_file(minilm_store: str, minilm_bytes: bytes, mount_st
     assert set(doc) >= {"bytes_fetched", "bytes_served", "cache_hit_rate"}
     text = cli("stats", m.path).stdout.decode()
     assert "bytes_fetched" in text and "cache_hit_rate" in text and "MiB" in text
-    assert os.listdir(m.path / ".modelfs") == ["stats"]
+    assert sorted(os.listdir(m.path / ".modelfs")) == ["at", "stats"]
     assert errno_of(open, m.path / ".modelfs" / "stats", "w") in (errno.EACCES, errno.EROFS)
 
 

@@ -2,7 +2,8 @@
 
 `.modelfs/stats` holds the mount's figures as JSON (cache hit rate, bytes
 fetched and served, commits, errors, store requests), made afresh at each
-open. The directory cannot be written, renamed or removed.
+open. `.modelfs/at/` holds every version by address (versions.py). The
+directory cannot be written, renamed or removed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from ..reader import BlockReader
 from ..store import Store
 from .reads import Reads
+from .versions import AT_DIR
 from .view import View
 from .writes import Writes
 
@@ -55,7 +57,7 @@ class Control:
 
     def entries(self) -> list[tuple[str, str]]:
         """(name, path) of each file in the control directory."""
-        return [("stats", STATS_FILE)]
+        return [("at", AT_DIR), ("stats", STATS_FILE)]
 
     def content(self, path: str) -> bytes:
         if path != STATS_FILE:

@@ -7,7 +7,9 @@ each question has its own module:
 - inodes.py: inode numbers and what the kernel was told of each (ESTALE);
 - reads.py: read handles of committed versions, readahead;
 - writes.py: write sessions (staging, commits, who sees what while writing);
-- control.py: the .modelfs/ directory.
+- control.py: the .modelfs/ directory;
+- versions.py: .modelfs/at/, every version, tag and alias by path (read-only);
+- xattrs.py: extended attributes (metrics, metadata).
 
 Blocking work (backend calls, hashing, zstd) runs in worker threads under one
 CapacityLimiter; trio's event loop only moves requests. Errors become errnos
@@ -37,11 +39,13 @@ import trio
 from ..errors import ModelfsError, ReadOnlyError
 from ..reader import BlockReader
 from ..store import Store, Version
+from ..store.metrics import format_value
 from .control import CONTROL_DIR, STATS_FILE, Control, VirtualHandle, is_control
 from .errors import fuse_error_boundary
 from .inodes import InodeTable
 from .reads import ReadHandle, Reads
 from .staging import MODE_KEY, StagingArea
+from .versions import AT_DIR, PINNED_TIMEOUT, Entry, Versions, file_mode, is_view
 from .view import View
 from .writes import (
     RETRY_SECONDS,
@@ -50,6 +54,16 @@ from .writes import (
     Writes,
     WriteSession,
     process_of,
+)
+from .xattrs import (
+    METRIC_PREFIX,
+    as_xattrs,
+    committed_metrics,
+    metric_name,
+    metric_value,
+    record_metric,
+    staged_key,
+    staged_xattrs,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +95,8 @@ def _pid(ctx: Any) -> int:
 class DirHandle:
     entries: list[tuple[str, str]] = field(default_factory=list)  # (name, path)
     pid: int = 0  # who opened it: a write session shows only to its own processes
+    key: str = ""  # a version view directory: its entries are listed at the first readdir
+    view_entries: list[tuple[str, Entry, bool]] | None = None
 
 
 Handle = ReadHandle | WriteHandle | VirtualHandle | DirHandle
@@ -122,6 +138,7 @@ class Operations(pyfuse3.Operations):
             store, reader, staging, self.view, self.inodes, self._run, processes=processes
         )
         self.counters = Counters()
+        self.versions = Versions(store, self.view, self._run)
         self.control = Control(
             store, reader, self.view, self.reads, self.writes, self.counters, read_only=read_only
         )
@@ -181,6 +198,19 @@ class Operations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = int(mtime * 1e9)
         return a
 
+    def _entry_attr(self, inode: int, entry: Entry, follows: bool) -> pyfuse3.EntryAttributes:
+        """Attributes of a version view entry: one immutable content per inode, so only a
+        name that follows something that moves (an alias, a tag, latest) is looked up again."""
+        timeout = 0 if follows else self.refresh_interval if entry.live else PINNED_TIMEOUT
+        v = entry.version
+        if v is None:
+            return self._attributes(inode, file_mode(entry), 0, self.started, timeout)
+        return self._attributes(inode, file_mode(entry), v.size, v.time, timeout)
+
+    def _refuse_in_view(self, path: str, what: str) -> None:
+        if is_view(path):
+            raise ReadOnlyError(f"{what} {path}: the version views under {AT_DIR} are read-only")
+
     def _session_attr(self, session: WriteSession) -> pyfuse3.EntryAttributes:
         mode, size, mtime = self.writes.attributes(session)
         return self._attributes(session.inode, mode, size, mtime, 0)  # changing under us
@@ -234,7 +264,10 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        path = _join(self.inodes.path(parent_inode), name)
+        parent = self.inodes.path(parent_inode)
+        if is_view(parent) or (parent == CONTROL_DIR and name == b"at"):
+            return await self._lookup_view(parent, name)
+        path = _join(parent, name)
         session = self.writes.visible_at(path, _pid(ctx))
         if session is not None:
             self.inodes.looked_up(session.inode)
@@ -248,15 +281,35 @@ class Operations(pyfuse3.Operations):
         self.inodes.looked_up(inode)
         return attr
 
+    async def _lookup_view(self, parent: str, name: bytes) -> pyfuse3.EntryAttributes:
+        if parent == CONTROL_DIR:
+            entry, follows = self.versions.entry(AT_DIR), False
+        else:
+            _join(parent, name)  # refuses '/', '.' and '..'
+            await self.view.refresh()
+            entry, follows = await self.versions.lookup(parent, os.fsdecode(name))
+        inode = self.inodes.inode(entry.key)
+        attr = self._entry_attr(inode, entry, follows)
+        self.inodes.looked_up(inode)
+        return attr
+
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
+            try:
+                path: str | None = self.inodes.path(inode)
+            except ModelfsError:
+                path = None  # forgotten already
             self.inodes.forget(inode, count)
+            if path is not None and is_view(path) and self.inodes.known(path) is None:
+                self.versions.forget(path)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         session = self.writes.of_inode(inode)
         if session is not None:
             return self._session_attr(session)
         path = self.inodes.path(inode)
+        if is_view(path):
+            return self._entry_attr(inode, self.versions.entry(path), False)
         await self.view.refresh()
         current = self.view.file(path)
         pinned = self.inodes.pinned_reader(inode, path, current)  # open, content since changed
@@ -279,6 +332,7 @@ class Operations(pyfuse3.Operations):
             raise _fuse(errno.EPERM)
         if not (fields.update_size or fields.update_mode):
             return await self.getattr(inode, ctx)
+        self._refuse_in_view(path, "changing")
         self._check_writable()
         if is_control(path):
             raise _fuse(errno.EPERM)
@@ -337,6 +391,10 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self.inodes.path(inode)
         await self.view.refresh()
+        if is_view(path):
+            if not self.versions.entry(path).is_dir:
+                raise _fuse(errno.ENOTDIR)
+            return self._new_fh(DirHandle(entries=[], pid=_pid(ctx), key=path))
         if not self._is_dir(path):
             raise _fuse(errno.ENOTDIR if self._exists(path) else errno.ENOENT)
         if path == CONTROL_DIR:
@@ -358,12 +416,18 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handles[fh]
         assert isinstance(handle, DirHandle)
+        if handle.key:
+            await self._readdir_view(handle, start_id, token)
+            return
         for i in range(start_id, len(handle.entries)):
             name, path = handle.entries[i]
             session = self.writes.visible_at(path, handle.pid)
             try:
                 if session is not None:
                     inode, attr = session.inode, self._session_attr(session)
+                elif path == AT_DIR:
+                    inode = self.inodes.inode(AT_DIR)
+                    attr = self._entry_attr(inode, self.versions.entry(AT_DIR), False)
                 else:
                     inode = self.inodes.for_lookup(path, self.view.file(path))
                     attr = self._attr(inode, path)
@@ -373,11 +437,26 @@ class Operations(pyfuse3.Operations):
                 return
             self.inodes.looked_up(inode)
 
+    async def _readdir_view(
+        self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        if handle.view_entries is None:
+            handle.view_entries = await self.versions.children(handle.key)
+        for i in range(start_id, len(handle.view_entries)):
+            name, entry, follows = handle.view_entries[i]
+            entry = self.versions.keep(entry)  # its inode may have been forgotten meanwhile
+            inode = self.inodes.inode(entry.key)
+            attr = self._entry_attr(inode, entry, follows)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 1):
+                return
+            self.inodes.looked_up(inode)
+
     async def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
     async def _new_name(self, parent_inode: int, name: bytes) -> str:
         """The path a mkdir or symlink will make: EROFS, or EEXIST if it is taken."""
+        self._refuse_in_view(self.inodes.path(parent_inode), "making a name in")
         self._check_writable()
         path = _join(self.inodes.path(parent_inode), name)
         if is_control(path):
@@ -398,8 +477,11 @@ class Operations(pyfuse3.Operations):
         return self._attr(inode, path)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse_in_view(self.inodes.path(parent_inode), "removing a name in")
         self._check_writable()
         path = _join(self.inodes.path(parent_inode), name)
+        if path == AT_DIR:
+            raise _fuse(errno.EPERM)
         if path == CONTROL_DIR:
             raise _fuse(errno.EPERM)
         await self.view.refresh(force=True)
@@ -415,6 +497,7 @@ class Operations(pyfuse3.Operations):
     # files: namespace
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._refuse_in_view(self.inodes.path(parent_inode), "removing a name in")
         self._check_writable()
         parent = self.inodes.path(parent_inode)
         path = _join(parent, name)
@@ -444,6 +527,8 @@ class Operations(pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: pyfuse3.RequestContext,
     ) -> None:  # fmt: skip
+        self._refuse_in_view(self.inodes.path(parent_inode_old), "renaming from")
+        self._refuse_in_view(self.inodes.path(parent_inode_new), "renaming into")
         self._check_writable()
         old = _join(self.inodes.path(parent_inode_old), name_old)
         new = _join(self.inodes.path(parent_inode_new), name_new)
@@ -555,8 +640,11 @@ class Operations(pyfuse3.Operations):
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         path = self.inodes.path(inode)
-        await self.view.refresh()
-        version = self.view.file(path)
+        if is_view(path):
+            version = self.versions.entry(path).version
+        else:
+            await self.view.refresh()
+            version = self.view.file(path)
         if version is None or not stat.S_ISLNK(version.mode):
             raise _fuse(errno.EINVAL)
         manifest = await self._run(self.store.load_manifest, version.manifest)
@@ -586,6 +674,8 @@ class Operations(pyfuse3.Operations):
             handle = await self.writes.open(session, flags, _pid(ctx))
             return pyfuse3.FileInfo(fh=self._new_fh(handle), direct_io=False, keep_cache=False)
         path = self.inodes.path(inode)
+        if is_view(path):
+            return await self._open_view(inode, path, writing)
         if path == STATS_FILE:
             if writing:
                 raise _fuse(errno.EACCES)
@@ -621,6 +711,21 @@ class Operations(pyfuse3.Operations):
         self.inodes.add_reader(handle)
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
 
+    async def _open_view(self, inode: int, key: str, writing: bool) -> pyfuse3.FileInfo:
+        """A version view's file: one immutable version, read as any committed file is."""
+        if writing:
+            self._refuse_in_view(key, "opening for writing")
+        entry = self.versions.entry(key)
+        version = entry.version
+        if version is None:
+            raise _fuse(errno.EISDIR)
+        assert version.manifest is not None
+        manifest = await self._run(self.store.load_manifest, version.manifest)
+        handle = ReadHandle(entry.path, inode, version, manifest)
+        self.inodes.add_reader(handle)
+        # The inode stands for this version only: its pages are always its own.
+        return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=True)
+
     async def _preload_manifest(self, manifest_id: str) -> None:
         try:
             await self._run(self.store.load_manifest, manifest_id)
@@ -630,6 +735,7 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._refuse_in_view(self.inodes.path(parent_inode), "creating a file in")
         self._check_writable()
         path = _join(self.inodes.path(parent_inode), name)
         if is_control(path):
@@ -678,37 +784,93 @@ class Operations(pyfuse3.Operations):
         elif isinstance(handle, WriteHandle):
             await self.writes.release(handle)
 
-    # extended attributes: user.* lives in the file's metadata
+    # extended attributes (xattrs.py): user.metric.* are metrics, other user.* metadata
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        metadata = await self._metadata(inode)
         key = os.fsdecode(name)
-        if not key.startswith(XATTR_PREFIX) or key not in metadata:
+        found = await self._xattrs(inode, key)
+        if key not in found:
             raise _fuse(pyfuse3.ENOATTR)
-        return metadata[key].encode("utf-8", "surrogateescape")
+        return found[key].encode("utf-8", "surrogateescape")
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        metadata = await self._metadata(inode)
-        return [
-            k.encode("utf-8", "surrogateescape") for k in metadata if k.startswith(XATTR_PREFIX)
-        ]
+        return [k.encode("utf-8", "surrogateescape") for k in await self._xattrs(inode, None)]
 
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         key = os.fsdecode(name)
+        self._refuse_in_view(self.inodes.path(inode), f"setting {key} of")
         if not key.startswith(XATTR_PREFIX):
             raise _fuse(errno.ENOTSUP)
         self._check_writable()
+        metric = metric_name(key)
+        if metric is not None:
+            await self._set_metric(inode, ctx, metric, metric_value(metric, value))
+            return
         text = value.decode("utf-8", "surrogateescape")
         await self._update_metadata(inode, ctx, lambda m: m.__setitem__(key, text))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         key = os.fsdecode(name)
+        self._refuse_in_view(self.inodes.path(inode), f"removing {key} of")
         self._check_writable()
+        metric = metric_name(key)
+        if metric is not None and key in await self._xattrs(inode, key, metadata=False):
+            await self._set_metric(inode, ctx, metric, None)
+            return
         if key not in await self._metadata(inode):
             raise _fuse(pyfuse3.ENOATTR)
         await self._update_metadata(inode, ctx, lambda m: m.pop(key))
+
+    async def _xattrs(
+        self, inode: int, wanted: str | None, *, metadata: bool = True
+    ) -> dict[str, str]:
+        """The xattrs of inode's file (only those that may be `wanted`, if given)."""
+        path = self.inodes.path(inode)
+        if is_view(path):
+            return self.versions.entry(path).xattrs()
+        if wanted is not None and not wanted.startswith(XATTR_PREFIX):
+            return {}
+        session = self.writes.of_inode(inode)
+        if session is not None and not session.pending:
+            found = staged_xattrs(session.metadata())
+            if not metadata:
+                return {k: v for k, v in found.items() if k.startswith(METRIC_PREFIX)}
+            return found
+        found = {}
+        if metadata:
+            found = {k: v for k, v in (await self._metadata(inode)).items()
+                     if k.startswith(XATTR_PREFIX)}  # fmt: skip
+        version = self.view.file(path)
+        if version is not None and (wanted is None or wanted.startswith(METRIC_PREFIX)):
+            metrics = await self._run(committed_metrics, self.store, path, version)
+            found.update(as_xattrs(metrics))
+        return found
+
+    async def _set_metric(self, inode: int, ctx: Any, metric: str, value: Any) -> None:
+        """Record (None: remove) a metric of the file's current version, with no new version;
+        or, during a write session, of the version that session will commit."""
+        path = self.inodes.path(inode)
+        session = self._session_to_change(inode, path, ctx)
+        if session is not None:
+            stored = staged_key(metric)
+
+            def change(m: dict[str, str]) -> None:
+                if value is None:
+                    m.pop(stored, None)
+                else:
+                    m[stored] = format_value(value)
+
+            await self.writes.set_metadata(session, change)
+            return
+        if self.view.file(path) is None:
+            raise _fuse(errno.ENOTSUP if self._exists(path) else errno.ENOENT)
+        current = await self.view.current_version(path)
+        if current is None:
+            raise _fuse(errno.ENOENT)
+        await self._run(record_metric, self.store, path, current.version, metric, value)
+        log.debug("%s@%d: metric %s set to %r", path, current.version, metric, value)
 
     async def _metadata(self, inode: int) -> dict[str, str]:
         session = self.writes.of_inode(inode)

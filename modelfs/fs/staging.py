@@ -35,12 +35,16 @@ from pathlib import Path
 
 from ..errors import ModelfsError
 from ..store import Store, Version
+from ..store.metrics import Value, parse_value
 
 log = logging.getLogger(__name__)
 
 # The file's mode travels in the staged metadata under this key; it is committed
 # as the version's mode, not as metadata.
 MODE_KEY = "modelfs.mode"
+# Metrics set while the file is written travel under this prefix (their values as text);
+# they are recorded with the version the commit makes, not kept as metadata.
+METRIC_KEY_PREFIX = "modelfs.metric."
 
 
 # Where the file is in its life; see the module docstring.
@@ -66,9 +70,16 @@ class StagedFile:
 
     def commit_to(self, store: Store) -> Version:
         """Store the staged data as the next version of its path (blocking: run in a thread)."""
-        metadata = {k: v for k, v in self.metadata.items() if k != MODE_KEY}
+        metadata = {
+            k: v
+            for k, v in self.metadata.items()
+            if k != MODE_KEY and not k.startswith(METRIC_KEY_PREFIX)
+        }
         mode = int(self.metadata.get(MODE_KEY, 0))
-        result = store.put(self.path, self.data_path, metadata=metadata, mode=mode)
+        metrics = staged_metrics(self.metadata)
+        result = store.put(
+            self.path, self.data_path, metadata=metadata, mode=mode, metrics=metrics or None
+        )
         return store.version(self.path, result.version)
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -170,6 +181,12 @@ class StagingArea:
                 "in %s and was not committed",
                 path, target,
             )  # fmt: skip
+
+
+def staged_metrics(metadata: dict[str, str]) -> dict[str, Value]:
+    """The metrics a staged file's metadata carries, by name."""
+    cut = len(METRIC_KEY_PREFIX)
+    return {k[cut:]: parse_value(v) for k, v in metadata.items() if k.startswith(METRIC_KEY_PREFIX)}
 
 
 def _recovered_name(stem: str, path: str) -> str:

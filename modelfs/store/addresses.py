@@ -224,15 +224,15 @@ def _resolve_path(store: Store, address: Address) -> Resolved:
             f"{address}: {selector!r} is neither a version number, a tag or alias name, "
             "blake3:<hex> nor 'latest'" + _literal_hint(store, address)
         ) from None
-    for is_dir in (False, True):
-        record = load_record(store.backend, path, is_dir=is_dir)
+    records: dict[bool, NamesRecord | None] = {}
+    for is_dir in (False, True):  # a file's names first; a directory's only if need be
+        record = records[is_dir] = load_record(store.backend, path, is_dir=is_dir)
         name = record.names.get(selector) if record is not None else None
         if name is not None:
-            return _target(store, address, name)
-    names = []
-    for is_dir in (False, True):
-        record = load_record(store.backend, path, is_dir=is_dir)
-        names += sorted(record.names) if record is not None else []
+            # The target is most often a version of this very path: reuse what was read.
+            known = (ref, records[False]) if ref is not None and name.target.path == path else None
+            return _target(store, address, name, known)
+    names = [n for r in records.values() if r is not None for n in sorted(r.names)]
     have = f" (it has: {', '.join(names)})" if names else ""
     if ref is None and not store.is_dir(path):
         raise NotFoundError(_nothing_at(store, path) + _literal_hint(store, address))
@@ -241,7 +241,10 @@ def _resolve_path(store: Store, address: Address) -> Resolved:
     )
 
 
-def _target(store: Store, address: Address, name: Name) -> Resolved:
+def _target(
+    store: Store, address: Address, name: Name,
+    known: tuple[Ref, NamesRecord | None] | None = None,
+) -> Resolved:  # fmt: skip
     t = name.target
     if t.is_dir:
         record = load_record(store.backend, t.path, is_dir=True)
@@ -249,10 +252,10 @@ def _target(store: Store, address: Address, name: Name) -> Resolved:
             raise FormatError(f"{address}: {name.kind} {name.name} names {t}, which has no record")
         resolved = _dir_snapshot(store, address, record, t.version, name)
     else:
-        ref = _file_ref(store, t.path)
+        ref, record = known if known is not None else (_file_ref(store, t.path), None)
         if ref is None:
             raise FormatError(f"{address}: {name.kind} {name.name} names {t}, which has no ref")
-        resolved = _file_version(store, address, ref, ref.get(t.version), name)
+        resolved = _file_version(store, address, ref, ref.get(t.version), name, record)
     if resolved.content_hash != t.content_hash:
         raise FormatError(
             f"{address}: {name.kind} {name.name} names {t} with content {t.content_hash}, but "

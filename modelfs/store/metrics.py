@@ -25,6 +25,7 @@ VALUE_MAX = 1024
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _QUERY_KEYWORDS = frozenset({"and", "or", "not", "in", "has"})
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
 def check_name(name: object) -> str:
@@ -83,6 +84,10 @@ def parse_assignment(text: str) -> tuple[str, Value]:
     if not sep:
         raise InvalidArgumentError(f"metric {text!r} is not NAME=VALUE (e.g. accuracy=0.913)")
     name = check_name(name.strip())
+    t = value.strip().lower().lstrip("+-")
+    if t in _NON_FINITE or (_NUMBER.fullmatch(t) and isinstance(parse_value(t), str)):
+        # Meant as a number, but not a finite one: refused rather than kept as a string.
+        raise InvalidArgumentError(f"metric {name}: {value!r} is not a finite number")
     return name, check_value(name, parse_value(value))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 
@@ -26,7 +27,9 @@ from ..errors import AlreadyExistsError, FormatError, NotFoundError
 from .format import canonical_json, is_hex_id, object_id, parse_json
 from .paths import normalize_path, normalize_prefix
 from .refs import Version
-from .store import Store
+
+if TYPE_CHECKING:  # the store imports this module (fsck checks snapshots)
+    from .store import Store
 
 log = logging.getLogger(__name__)
 

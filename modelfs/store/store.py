@@ -74,6 +74,7 @@ from .metrics import Metrics, check_metrics
 from .namespace import RefCache, Tree
 from .packs import BlockLocation, PackWriter, read_trailer
 from .paths import (
+    META_PREFIX,
     REFS_PREFIX,
     describe_key,
     dir_marker_key,
@@ -87,6 +88,8 @@ from .paths import (
     ref_key,
 )
 from .refs import Ref, Version, append_version, load_ref
+from .registry import NamesRecord, is_names_key, load_record
+from .snapshots import load_snapshot
 from .tensorfile import TensorLayout, header_size_needed, parse_layout
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,7 @@ class FsckReport:
     bytes_checked: int = 0
     files_checked: int = 0
     versions_checked: int = 0
+    names_checked: int = 0  # tags and aliases whose targets were checked
     problems: list[str] = field(default_factory=list)
     corrupt_blocks: dict[str, str] = field(default_factory=dict)  # block id -> why
     missing_packs: list[str] = field(default_factory=list)
@@ -635,6 +639,7 @@ class Store:
         version = append_version(
             self.backend, new, source.manifest, size=source.size, mode=source.mode,
             content_hash=source.content_hash, message=message or f"renamed from {old}",
+            metrics=self._carried_metrics(old, source),
         )  # fmt: skip
         append_version(self.backend, old, None, message=f"renamed to {new}")
         return version
@@ -656,6 +661,7 @@ class Store:
         return append_version(
             self.backend, path, updated.id, size=current.size, mode=current.mode,
             content_hash=current.content_hash, message=message or "metadata changed",
+            metrics=self._carried_metrics(path, current),
         )  # fmt: skip
 
     def chmod(self, path: str, mode: int) -> Version:
@@ -666,7 +672,17 @@ class Store:
         return append_version(
             self.backend, normalize_path(path), current.manifest, size=current.size, mode=mode,
             content_hash=current.content_hash, message="mode changed",
+            metrics=self._carried_metrics(path, current),
         )  # fmt: skip
+
+    def _carried_metrics(self, path: str, current: Version) -> dict | None:
+        """The metrics a version with the same content keeps (a chmod, an xattr, a rename:
+        the model is the same, and so are its measurements)."""
+        record = load_record(self.backend, normalize_path(path), is_dir=False)
+        metrics = record.metrics_of(current.version, current.metrics) if record else current.metrics
+        if metrics:
+            self.require_version(NAMES_VERSION, f"carrying the metrics of {path}")
+        return dict(metrics) if metrics else None
 
     def list(self, prefix: str = "") -> list[FileInfo]:
         """Current files under a directory prefix ('' for all), sorted by path."""
@@ -835,7 +851,46 @@ class Store:
                             {"path": path, "version": v.version, "offset": b.file_offset,
                              "length": loc.length, "block": loc.block_id, "problem": why}
                         )  # fmt: skip
+        self._check_names(report)
         return report
+
+    def _check_names(self, report: FsckReport) -> None:
+        """Every names record parses, each name's target exists with the content it names,
+        and each numbered snapshot's object is there and holds what its entry says."""
+        for key in self.backend.list(META_PREFIX):
+            if not is_names_key(key):
+                continue
+            try:
+                record = NamesRecord.from_bytes(self.backend.get(key), key)
+            except NotFoundError:
+                continue
+            except ModelfsError as e:
+                report.problems.append(str(e))
+                continue
+            report.names_checked += len(record.names)
+            for entry in record.snapshots:
+                try:
+                    snap = load_snapshot(self, entry.snapshot)
+                    if snap.content_hash != entry.content_hash or snap.path != record.path:
+                        raise FormatError("it does not hold what its entry says")
+                except ModelfsError as e:
+                    report.problems.append(f"snapshot {entry.version} of {record.path}: {e}")
+            for name in record.names.values():
+                t = name.target
+                try:
+                    if t.is_dir:
+                        target = load_record(self.backend, t.path, is_dir=True)
+                        if target is None:
+                            raise NotFoundError(f"{t.path} has no snapshots")
+                        found = target.snapshot(t.version).content_hash
+                    else:
+                        found = self.version(t.path, t.version).content_hash
+                    if found != t.content_hash:
+                        raise FormatError(f"that version holds {found}, not {t.content_hash}")
+                except ModelfsError as e:
+                    report.problems.append(
+                        f"{name.kind} {record.path}@{name.name} names {t}, which is broken: {e}"
+                    )
 
 
 def check_conditional_writes(backend: Backend) -> None:
