@@ -10,7 +10,13 @@ its output, on a fresh store in ./demo-store:
 4. read both back and check their bytes against the originals (sha256);
 5. mount the store at ./demo-mnt, copy a model in with cp, and load it back
    through the mount with safetensors (one tensor lazily, then the whole model),
-   showing how little a single tensor fetches; then unmount.
+   showing how little a single tensor fetches;
+6. overwrite a model while another program reads it: one version per save;
+7. fine-tune MiniLM for a few steps (scripts/finetune.py, on CPU), save each
+   checkpoint through the mount as a Hugging Face directory, record its loss
+   as a metric, select the best with `modelfs select ... --alias champion`, and
+   load exactly that version with transformers from demo-mnt/.modelfs/at/run@champion;
+   then unmount.
 """
 
 from __future__ import annotations
@@ -125,6 +131,51 @@ def overwrite_demo(tuned: Path) -> None:
     print("    one version per save: nobody ever saw, or could get, the half-written file")
 
 
+def select_demo() -> None:
+    """Checkpoints with metrics: pick the best without reading a model, then load it by name."""
+    import torch
+    from transformers import AutoModel
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import finetune
+
+    print("\n>>> fine-tune MiniLM for 3 x 2 steps (scripts/finetune.py, CPU) ...")
+    work = Path(tempfile.mkdtemp(prefix="modelfs-demo-ft-"))
+    try:
+        checkpoints = finetune.make_checkpoints(work, "frozen", n=3, steps_per_checkpoint=2)
+        losses = json.loads((work / "frozen-manifest.json").read_text())["losses"]
+        config = minilm_path().with_name("config.json")
+        for step, ckpt in enumerate(checkpoints, 1):
+            shell(f"mkdir -p demo-mnt/run/step-{step} && cp {shlex.quote(str(config))} "
+                  f"{shlex.quote(str(ckpt))} demo-mnt/run/step-{step}/ && mv "
+                  f"demo-mnt/run/step-{step}/{ckpt.name} demo-mnt/run/step-{step}/model.safetensors")  # fmt: skip
+        c = ("--cache-dir", CACHE)
+        for step, ckpt in enumerate(checkpoints, 1):
+            # The loss the fine-tune reported for the steps before this checkpoint.
+            modelfs("metric", STORE, f"run/step-{step}", f"loss={losses[ckpt.name]:.4f}",
+                    "dataset=paraphrases", *c)  # fmt: skip
+        modelfs("select", STORE, "run/", "--where", 'has(loss) and dataset == "paraphrases"',
+                "--order-by", "loss", "--alias", "champion", *c)  # fmt: skip
+        best = min(range(len(checkpoints)), key=lambda i: losses[checkpoints[i].name])
+        view = MOUNT / ".modelfs" / "at" / "run@champion"
+        shell("ls -l demo-mnt/.modelfs/at/run@champion   # the version the alias names")
+        print("\n>>> AutoModel.from_pretrained('demo-mnt/.modelfs/at/run@champion')")
+        model = AutoModel.from_pretrained(str(view))
+        from safetensors.torch import load_file
+
+        saved = load_file(str(checkpoints[best]))
+        state = model.state_dict()
+        compared = [k for k in saved if k in state]
+        same = len(compared) > 100 and all(torch.equal(state[k], saved[k]) for k in compared)
+        print(f"    loaded run/step-{best + 1} (lowest loss); its {len(compared)} tensors equal "
+              f"that checkpoint's: {'yes' if same else 'NO'}")  # fmt: skip
+        if not same:
+            sys.exit("demo failed: the model loaded through the alias is not the selected one")
+        modelfs("alias", "log", STORE, "run", "champion", *c)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def mounted_demo(model: Path, tuned_model: Path) -> None:
     """Part two: the same store as a directory any program can open."""
     from safetensors import safe_open
@@ -155,6 +206,7 @@ def mounted_demo(model: Path, tuned_model: Path) -> None:
         )
         print(f"    {len(through_mount)} tensors, equal to the original: {'yes' if same else 'NO'}")
         overwrite_demo(tuned_model)
+        select_demo()
         modelfs("stats", MOUNT)
         if not same:
             sys.exit("demo failed: tensors read through the mount differ")
