@@ -1153,6 +1153,38 @@ def selection_on(
     return out
 
 
+def mount_resolve(
+    url: str, work: Path, versions: list[int], repeats: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Open + read one byte + close through a mount: by alias (MNT/.modelfs/at/P@champion,
+    resolved at each open: entry timeout 0) against the plain path (MNT/P, whose ref is
+    also read afresh at each open), for each number of versions; medians of repeats."""
+    mnt, cache = (
+        work / f"mnt-selection-{abs(hash(url))}",
+        work / f"mnt-selection-{abs(hash(url))}.cache",
+    )
+    _mount(url, mnt, cache)
+    out: dict[str, Any] = {}
+    try:
+        for n in versions:
+            rel = f"n{n}/{SELECT_FILE}"
+            for key, path in (
+                ("plain", mnt / rel),
+                ("alias", mnt / ".modelfs" / "at" / f"{rel}@champion"),
+            ):
+                walls = []
+                for _ in range(repeats + 1):  # the first open warms the block cache
+                    t0 = time.perf_counter()
+                    with open(path, "rb") as f:
+                        f.read(1)
+                    walls.append(time.perf_counter() - t0)
+                out[f"{key}_{n}"] = statistics.median(walls[1:])
+                log(f"  open {key} at {n} versions: {out[f'{key}_{n}'] * 1e3:.2f} ms")
+    finally:
+        _umount(mnt)
+    return out
+
+
 def selection(
     work: Path, server: Any | None, versions: list[int], files: int, repeats: int, seed: int,
     log: Callable[[str], None], *, local: bool = True,
@@ -1181,6 +1213,8 @@ def selection(
             out[kind]["scenario_seconds"] = time.perf_counter() - started
         finally:
             inner.close()
+        if os.path.exists("/dev/fuse"):
+            out[kind]["mount_open"] = mount_resolve(url, work, versions, repeats, log)
     return out
 
 
@@ -1216,6 +1250,16 @@ def report_selection(sel: dict[str, Any]) -> list[str]:
             + (f", HTTP {x['http_requests']}" if x["http_requests"] else "")
             + f"; scenario {sel[k]['scenario_seconds']:.1f} s)"
         )
+    for k in kinds:
+        opens = sel[k].get("mount_open")
+        if opens:
+            lines.append(
+                f"  ({k} mount, open+read 1 byte, median ms: "
+                + ", ".join(
+                    f"{n} versions: @champion {opens[f'alias_{n}'] * 1e3:.2f} vs plain path "
+                    f"{opens[f'plain_{n}'] * 1e3:.2f}" for n in sel["versions"]
+                ) + ")"
+            )  # fmt: skip
     n = sel["versions"][-1]
     x = sel[kinds[0]][f"file_{n}"]
     lines += [
