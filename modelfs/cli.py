@@ -30,7 +30,7 @@ from .store import ChunkingLimits, StoreConfig
 from .store.addresses import Resolved, parse_address
 from .store.metrics import Value, check_name, format_value, parse_assignment
 from .store.naming import owner_of
-from .store.registry import Event, Name
+from .store.registry import Event, Name, load_record
 from .store.store import DEFAULT_MAX_REQUESTS
 
 log = logging.getLogger("modelfs")
@@ -256,9 +256,46 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_dir(args: argparse.Namespace, client: Client) -> int:
+    """A directory's history: its numbered snapshots, with their metrics and names."""
+    path = parse_address(args.path).path
+    record = load_record(client.store.backend, path, is_dir=True)
+    if record is None or not record.snapshots:
+        if client.store.is_dir(path):
+            raise NotFoundError(
+                f"directory {path} has no snapshots yet: naming or measuring it takes one "
+                f"(modelfs tag/alias/metric STORE {path} ...)"
+            )
+        raise NotFoundError(f"no such file or directory in the store: {path}")
+    names: dict[int, list[str]] = {}
+    for n in record.names.values():
+        if n.target.path == path and n.target.is_dir:
+            names.setdefault(n.target.version, []).append(f"{path}@{n.name}")
+    rows = [
+        {"version": s.version, "time": s.time, "files": s.files, "size": s.size,
+         "content_hash": s.content_hash, "snapshot": s.snapshot,
+         "metrics": record.metrics_of(s.version), "names": sorted(names.get(s.version, []))}
+        for s in reversed(record.snapshots)
+    ]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        shown = _metrics_text(r["metrics"])
+        extra = (f"  {shown}" if shown else "") + (
+            f"  [{', '.join(r['names'])}]" if r["names"] else ""
+        )
+        print(f"s{r['version']:<4} {_when(r['time'])}  {r['size']:>14}  {r['content_hash']}  "
+              f"{r['files']} files{extra}")  # fmt: skip
+    return 0
+
+
 def cmd_log(args: argparse.Namespace) -> int:
     with _open(args) as client:
-        versions = client.history(args.path)[::-1]  # newest first, in both forms
+        try:
+            versions = client.history(args.path)[::-1]  # newest first, in both forms
+        except NotFoundError:
+            return _log_dir(args, client)
         metrics = client.metrics_by_version(args.path)
         names = client.names_by_version(args.path)
     if args.json:
@@ -377,11 +414,20 @@ def _name_line(owner: str, n: Name) -> str:
     )
 
 
+def _named_address(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The address to name and the name's owner: PATH[@--version], or --target under PATH."""
+    if args.target is None:
+        return _at(args.path, args.version), None
+    if args.version is not None:
+        raise InvalidArgumentError("give --version or --target, not both")
+    return args.target, args.path
+
+
 def cmd_tag(args: argparse.Namespace) -> int:
     with _open(args) as client:
-        address = _at(args.path, args.version)
-        named = client.tag(address, args.name, args.message)
-        owner = owner_of(parse_address(address))
+        address, owner = _named_address(args)
+        named = client.tag(address, args.name, args.message, owner=owner)
+        owner = owner or owner_of(parse_address(address))
     print(_name_line(owner, named))
     return 0
 
@@ -395,9 +441,9 @@ def cmd_untag(args: argparse.Namespace) -> int:
 
 def cmd_alias(args: argparse.Namespace) -> int:
     with _open(args) as client:
-        address = _at(args.path, args.version)
-        named = client.alias(address, args.name, args.message, expect=args.expect)
-        owner = owner_of(parse_address(address))
+        address, owner = _named_address(args)
+        named = client.alias(address, args.name, args.message, expect=args.expect, owner=owner)
+        owner = owner or owner_of(parse_address(address))
     print(_name_line(owner, named))
     return 0
 
@@ -709,6 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--version", type=int, help="a past version (default: current)")
     sp.add_argument("-m", "--message", default="", help="why, kept in the names log")
+    sp.add_argument(
+        "--target", metavar="ADDRESS",
+        help="name this version of a path under PATH (the name still belongs to PATH)",
+    )  # fmt: skip
 
     sp = add("untag", cmd_untag, "remove a tag (the removal is logged)")
     sp.add_argument("path")
@@ -725,6 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--expect", metavar="ADDRESS", help="move it only if it still names this version"
     )
+    sp.add_argument(
+        "--target", metavar="ADDRESS",
+        help="point it at this version of a path under PATH: alias STORE run champion "
+        "--target run/step-2",
+    )  # fmt: skip
 
     sp = add("alias log", cmd_alias_log, "every change of a tag or alias, oldest first")
     sp.add_argument("path")

@@ -296,22 +296,29 @@ class Client:
 
     # names and metrics
 
-    def tag(self, address: str, name: str, message: str = "") -> Name:
+    def tag(self, address: str, name: str, message: str = "", owner: str | None = None) -> Name:
         """Name the version an address names; a tag never moves (AlreadyExistsError if the
-        name is taken by another version; setting it again to the same one changes nothing)."""
-        named, _, _ = naming.name_version(self.store, address, name, alias=False, message=message)
+        name is taken by another version; setting it again to the same one changes nothing).
+        The tag belongs to the address's path, or to owner, a directory above it."""
+        named, _, _ = naming.name_version(
+            self.store, address, name, alias=False, message=message, owner=owner
+        )
         return named
 
     def untag(self, path: str, name: str, message: str = "") -> Target:
         """Remove a tag (the removal is logged); returns what it named."""
         return naming.unname(self.store, path, name, alias=False, message=message)
 
-    def alias(self, address: str, name: str, message: str = "", expect: str | None = None) -> Name:
+    def alias(
+        self, address: str, name: str, message: str = "", expect: str | None = None,
+        owner: str | None = None,
+    ) -> Name:  # fmt: skip
         """Point an alias at the version an address names, moving it if it exists (every
         move is logged). With expect (an address), move it only if it still names that
-        version (ConflictError otherwise, nothing changed)."""
+        version (ConflictError otherwise, nothing changed). The alias belongs to the
+        address's path, or to owner, a directory above it (`run@champion` -> run/step-2)."""
         named, _, _ = naming.name_version(
-            self.store, address, name, alias=True, message=message, expect=expect
+            self.store, address, name, alias=True, message=message, expect=expect, owner=owner
         )
         return named
 

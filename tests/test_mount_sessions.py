@@ -304,12 +304,15 @@ def test_a_child_handed_the_descriptor_writes_one_version(
     m = mount_store(store_url)
     p = m.path / "out.bin"
     p.write_bytes(b"old")
+    go = tmp_path / "go"  # the child writes once told to, however slow the machine is
     script = (
-        "import subprocess, sys; subprocess.Popen(['sh', '-c', 'sleep 0.5; head -c 3000000 "
-        "/dev/zero | tr \"\\\\0\" x'], stdout=open(sys.argv[1], 'wb'))"
+        "import subprocess, sys; subprocess.Popen(['sh', '-c', 'while [ ! -e \"$0\" ]; do "
+        'sleep 0.05; done; head -c 3000000 /dev/zero | tr "\\\\0" x\', sys.argv[2]], '
+        "stdout=open(sys.argv[1], 'wb'))"
     )
-    subprocess.run([sys.executable, "-c", script, str(p)], check=True)  # returns at once
+    subprocess.run([sys.executable, "-c", script, str(p), str(go)], check=True)  # returns at once
     assert read_store(store_url, tmp_path, "out.bin") == b"old"  # no empty version meanwhile
+    go.touch()
     assert wait_until(lambda: len(history_sizes(store_url, tmp_path, "out.bin")) == 2, timeout=20)
     assert history_sizes(store_url, tmp_path, "out.bin") == [3, 3000000]
     assert p.read_bytes() == b"x" * 3000000

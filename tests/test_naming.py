@@ -502,3 +502,31 @@ def test_cli_bad_input_exits_1_naming_the_problem_and_changes_nothing(
     with StoreObjects(cli_store) as after_objects:
         assert after_objects.snapshot() == before
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_moves_a_directorys_alias_to_a_version_under_it_and_logs_a_directory(
+    cli: CLI, cli_store: str
+) -> None:
+    """`alias STORE run champion --target run/step-2` moves run@champion (the name stays the
+    directory's); `log STORE DIR` lists the directory's snapshots with their names."""
+    s = cli_store
+    cli("alias", s, "ck", "best", "--target", f"{CK}@2", "-m", "first pick")
+    assert cli("cat", s, "ck@best").stdout == bytes([2]) * 100
+    cli("alias", s, "ck", "best", "--target", f"{CK}@3")
+    assert cli("cat", s, "ck@best").stdout == bytes([3]) * 100
+    moves = _run(cli, "alias", "log", s, "ck", "best").splitlines()
+    assert len(moves) == 2 and f"{CK}@2" in moves[1] and f"{CK}@3" in moves[1]
+    assert f"{CK}@best" not in _run(cli, "tags", s)  # no alias was made on the file itself
+    before = _run(cli, "tags", s)
+    for bad, why in (
+        (("--target", "bert"), "outside ck"),
+        (("--target", f"{CK}@9"), "no version 9"),
+        (("--target", CK, "--version", "1"), "not both"),
+    ):
+        proc = cli("alias", s, "ck", "best", *bad, check=False)
+        assert proc.returncode == 1 and why in proc.stderr.decode()
+    assert _run(cli, "tags", s) == before
+    cli("alias", s, "bert", "champion")
+    assert "has no snapshots" in cli("log", s, "ck", check=False).stderr.decode()
+    (line,) = _run(cli, "log", s, "bert").splitlines()
+    assert line.startswith("s1 ") and "2 files" in line and "[bert@champion]" in line

@@ -2,7 +2,8 @@
 
 `.modelfs/stats` holds the mount's figures as JSON (cache hit rate, bytes
 fetched and served, commits, errors, store requests), made afresh at each
-open. `.modelfs/at/` holds every version by address (versions.py). The
+open. `.modelfs/at/` holds every version by address (versions.py); it is not
+listed, only reached by path. The
 directory cannot be written, renamed or removed.
 """
 
@@ -16,7 +17,6 @@ from typing import Protocol
 from ..reader import BlockReader
 from ..store import Store
 from .reads import Reads
-from .versions import AT_DIR
 from .view import View
 from .writes import Writes
 
@@ -57,7 +57,9 @@ class Control:
 
     def entries(self) -> list[tuple[str, str]]:
         """(name, path) of each file in the control directory."""
-        return [("at", AT_DIR), ("stats", STATS_FILE)]
+        # at/ is reached by path but not listed (as ZFS hides .zfs): find, du, rsync -a and
+        # backups of the mount would otherwise walk every version of every file again.
+        return [("stats", STATS_FILE)]
 
     def content(self, path: str) -> bytes:
         if path != STATS_FILE:

@@ -53,10 +53,12 @@ def owner_of(address: Address) -> str:
     return join(address.path, address.inner)
 
 
-def _target(store: Store, address: str) -> tuple[Address, Resolved, Target]:
+def _target(
+    store: Store, address: str, owner: str | None = None
+) -> tuple[Address, Resolved, Target]:
     parsed = parse_address(address)
     resolved = pin(store, resolve(store, parsed))
-    owner = owner_of(parsed)
+    owner = owner_of(parsed) if owner is None else parse_address(owner).path
     if not (resolved.path == owner or resolved.path.startswith(owner + "/")):
         raise InvalidArgumentError(f"{address} resolves to {resolved.pinned}, outside {owner}")
     assert resolved.version is not None
@@ -70,12 +72,14 @@ def _owner_is_dir(store: Store, owner: str, resolved: Resolved) -> bool:
 
 def name_version(
     store: Store, address: str, name: str, *, alias: bool, message: str = "",
-    expect: str | None = None,
+    expect: str | None = None, owner: str | None = None,
 ) -> tuple[Name, Target | None, Resolved]:  # fmt: skip
     """Tag (alias=False) or alias the version an address names; returns the name, the
-    target it had before (None if new) and the version it names now."""
-    parsed, resolved, target = _target(store, address)
-    owner = owner_of(parsed)
+    target it had before (None if new) and the version it names now. The name belongs to
+    the path the address names, or to owner (a directory the version lies under:
+    `run@champion` naming run/step-2)."""
+    parsed, resolved, target = _target(store, address, owner)
+    owner = owner_of(parsed) if owner is None else parse_address(owner).path
     expected = None
     if expect is not None:
         _, _, expected = _target(store, expect)
