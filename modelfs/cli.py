@@ -256,7 +256,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_dir(args: argparse.Namespace, client: Client) -> int:
+def _log_dir(args: argparse.Namespace, client: Client, no_file: NotFoundError) -> int:
     """A directory's history: its numbered snapshots, with their metrics and names."""
     path = parse_address(args.path).path
     record = load_record(client.store.backend, path, is_dir=True)
@@ -266,7 +266,7 @@ def _log_dir(args: argparse.Namespace, client: Client) -> int:
                 f"directory {path} has no snapshots yet: naming or measuring it takes one "
                 f"(modelfs tag/alias/metric STORE {path} ...)"
             )
-        raise NotFoundError(f"no such file or directory in the store: {path}")
+        raise no_file
     names: dict[int, list[str]] = {}
     for n in record.names.values():
         if n.target.path == path and n.target.is_dir:
@@ -294,8 +294,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     with _open(args) as client:
         try:
             versions = client.history(args.path)[::-1]  # newest first, in both forms
-        except NotFoundError:
-            return _log_dir(args, client)
+        except NotFoundError as e:
+            return _log_dir(args, client, e)
         metrics = client.metrics_by_version(args.path)
         names = client.names_by_version(args.path)
     if args.json:
