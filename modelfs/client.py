@@ -42,10 +42,9 @@ from .errors import (
 from .reader import BlockReader, StoredFile
 from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version, naming
 from .store.addresses import Resolved, parse_address, resolve
-from .store.format import NAMES_VERSION
 from .store.metrics import Value
 from .store.paths import names_prefix, normalize_path
-from .store.registry import Event, Name, NamesRecord, Target, is_names_key, load_record, set_name
+from .store.registry import Event, Name, NamesRecord, Target, is_names_key, load_record
 from .store.selection import Selection, select
 from .store.snapshots import join
 from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
@@ -385,16 +384,12 @@ class Client:
                 f"no version of {target}{clause} ({chosen.considered} looked at): "
                 f"alias {alias} not changed"
             )
-        best = chosen.ranked[0]
         owner = parse_address(target).path if target.strip("/") else ""
         if not owner:
             raise InvalidArgumentError("an alias belongs to a file or directory: give one")
-        self.store.require_version(NAMES_VERSION, f"naming {best.address}")
-        set_name(
-            self.store.backend, owner, best.is_dir or best.path != owner, alias,
-            Target(best.path, best.version, best.content_hash, best.is_dir),
-            alias=True, message=message,
-        )  # fmt: skip
+        naming.name_version(
+            self.store, chosen.ranked[0].address, alias, alias=True, message=message, owner=owner
+        )
         return chosen
 
     def store_stats(self) -> dict[str, Any]:
