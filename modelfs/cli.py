@@ -30,6 +30,7 @@ from .store import ChunkingLimits, StoreConfig
 from .store.addresses import Resolved, parse_address
 from .store.metrics import Value, check_name, format_value, parse_assignment
 from .store.naming import owner_of
+from .store.paths import version_address
 from .store.registry import Event, Name, load_record
 from .store.store import DEFAULT_MAX_REQUESTS
 
@@ -270,7 +271,7 @@ def _log_dir(args: argparse.Namespace, client: Client, no_file: NotFoundError) -
     names: dict[int, list[str]] = {}
     for n in record.names.values():
         if n.target.path == path and n.target.is_dir:
-            names.setdefault(n.target.version, []).append(f"{path}@{n.name}")
+            names.setdefault(n.target.version, []).append(version_address(path, n.name))
     rows = [
         {"version": s.version, "time": s.time, "files": s.files, "size": s.size,
          "content_hash": s.content_hash, "snapshot": s.snapshot,
@@ -362,7 +363,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         return 0
     with _open(args) as client:
         bar = ProgressBar("fsck", 0, force=args.progress)
-        report = client.fsck(bar)
+        report = client.fsck(bar, repair=args.repair)
         bar.close()
     if args.json:
         _print_json({**asdict(report), "ok": report.ok})
@@ -382,6 +383,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             where = f" version {a['version']}" if "version" in a else ""
             at = f" at offset {a['offset']}" if "offset" in a else ""
             print(f"affected: {a['path']}{where}{at}: {a['problem']}")
+        for r in report.repaired:
+            print(f"repaired: {r}")
         print("no problems found" if report.ok else "PROBLEMS FOUND")
     return 0 if report.ok else 3
 
@@ -478,7 +481,9 @@ def cmd_alias_log(args: argparse.Namespace) -> int:
 def cmd_tags(args: argparse.Namespace) -> int:
     with _open(args) as client:
         found = client.names_under(args.path or "")
-        metrics = [client.resolve(f"{owner}@{n.name}").metrics or {} for owner, n in found]
+        metrics = [
+            client.resolve(version_address(owner, n.name)).metrics or {} for owner, n in found
+        ]
     if args.json:
         _print_json([
             {"owner": owner, "name": n.name, "kind": n.kind, "target": n.target.to_json(),
@@ -540,8 +545,8 @@ def cmd_select(args: argparse.Namespace) -> int:
           file=sys.stderr)  # fmt: skip
     if args.alias:
         best = chosen.ranked[0]
-        owner = args.target.strip("/")
-        line = f"alias {owner}@{args.alias} -> {best.address} {best.content_hash}"
+        owner = parse_address(args.target.strip("/")).path if args.target.strip("/") else ""
+        line = f"alias {version_address(owner, args.alias)} -> {best.address} {best.content_hash}"
         print(line, file=sys.stderr if args.json or args.csv else sys.stdout)
     return 0
 
@@ -749,6 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", help="check only this file (fetching every block from the store)"
     )
     sp.add_argument("--version", type=int)
+    sp.add_argument(
+        "--repair", action="store_true",
+        help="set damaged names records aside (under damaged/), so that their files can be "
+        "named and measured again; their tags, aliases and later metrics are lost",
+    )  # fmt: skip
 
     sp = add("tag", cmd_tag, "name a version with a tag, which never moves")
     sp.add_argument("path", help="a file or directory, or an address of one of its versions")

@@ -43,8 +43,16 @@ from .reader import BlockReader, StoredFile
 from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version, naming
 from .store.addresses import Resolved, parse_address, resolve
 from .store.metrics import Value
-from .store.paths import names_prefix, normalize_path
-from .store.registry import Event, Name, NamesRecord, Target, is_names_key, load_record
+from .store.paths import names_prefix, normalize_path, version_address
+from .store.registry import (
+    Event,
+    Name,
+    NamesRecord,
+    Target,
+    is_names_key,
+    load_record,
+    parse_record,
+)
 from .store.selection import Selection, select
 from .store.snapshots import join
 from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
@@ -249,12 +257,14 @@ class Client:
         """The names records that can name a version of path: its own, then each directory
         above it, nearest first."""
         records = []
-        own = load_record(self.store.backend, path, is_dir=is_dir)
+        own = load_record(self.store.backend, path, is_dir=is_dir, damaged_ok=True)
         if own is not None:
             records.append(own)
         parts = path.split("/")
         for i in range(len(parts) - 1, 0, -1):
-            record = load_record(self.store.backend, "/".join(parts[:i]), is_dir=True)
+            record = load_record(
+                self.store.backend, "/".join(parts[:i]), is_dir=True, damaged_ok=True
+            )
             if record is not None:
                 records.append(record)
         return records
@@ -263,7 +273,10 @@ class Client:
     def _names_at(records: list[NamesRecord], target: Target) -> list[str]:
         """The names (as addresses: OWNER@NAME) that point at target."""
         return sorted(
-            f"{r.path}@{n.name}" for r in records for n in r.names.values() if n.target == target
+            version_address(r.path, n.name)
+            for r in records
+            for n in r.names.values()
+            if n.target == target
         )
 
     def names_by_version(self, path: str) -> dict[int, list[str]]:
@@ -273,13 +286,13 @@ class Client:
         for r in self._records_over(norm, is_dir=False):
             for n in r.names.values():
                 if n.target.path == norm and not n.target.is_dir:
-                    out.setdefault(n.target.version, []).append(f"{r.path}@{n.name}")
+                    out.setdefault(n.target.version, []).append(version_address(r.path, n.name))
         return {v: sorted(names) for v, names in out.items()}
 
     def metrics_by_version(self, path: str) -> dict[int, dict[str, Value]]:
         """Each live version's metrics: recorded at commit, merged with those recorded later."""
         norm = self._path_of(path)
-        record = load_record(self.store.backend, norm, is_dir=False)
+        record = load_record(self.store.backend, norm, is_dir=False, damaged_ok=True)
         out = {}
         for v in self.store.history(norm):
             if not v.deleted:
@@ -335,14 +348,15 @@ class Client:
         backend = self.store.backend
         keys = [k for k in backend.list(names_prefix(prefix)) if is_names_key(k)]
         records = [
-            NamesRecord.from_bytes(data, key)
+            record
             for key, data in zip(keys, self.store.map_io(backend.get, keys), strict=True)
+            if (record := parse_record(data, key, damaged_ok=True)) is not None
         ]
         if prefix.strip("/"):
             norm = normalize_path(prefix)
             records += [
                 r for is_dir in (False, True)
-                if (r := load_record(backend, norm, is_dir=is_dir)) is not None
+                if (r := load_record(backend, norm, is_dir=is_dir, damaged_ok=True)) is not None
             ]  # fmt: skip
         found = {(r.path, n.name): n for r in records for n in r.names.values()}
         return [(owner, found[(owner, name)]) for owner, name in sorted(found)]
@@ -457,8 +471,8 @@ class Client:
             "content_hash": manifest.content_hash,
         }
 
-    def fsck(self, progress: Progress | None = None) -> FsckReport:
-        return self.store.fsck(progress)
+    def fsck(self, progress: Progress | None = None, *, repair: bool = False) -> FsckReport:
+        return self.store.fsck(progress, repair=repair)
 
     @staticmethod
     def version_dict(v: Version) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 For code that mounts nothing. A model is stored as a safetensors file (never
 pickle) at NAME.safetensors in the store, which is split at tensor
 boundaries, so update_model's new version uploads only the tensors that
-changed. Tensors are numpy arrays, or torch tensors when torch is installed;
+changed. load_model also loads a directory model, as Hugging Face lays one
+out (DIR/model.safetensors, or the shards DIR/model.safetensors.index.json
+names), all from one version of the directory. Tensors are numpy arrays, or torch tensors when torch is installed;
 load_model returns the kind that was saved unless told otherwise.
 
 Versions can carry metrics (save_model(..., metrics={"accuracy": 0.91})), and
@@ -14,6 +16,7 @@ select_model says which version that is without loading it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +28,8 @@ from .errors import FormatError, InvalidArgumentError, ModelfsError, NotFoundErr
 from .store import PutResult
 from .store.addresses import Resolved
 from .store.metrics import Value
+from .store.paths import version_address
+from .store.snapshots import join
 from .store.tensorfile import DTYPE_SIZES, TensorBytes, encode_header, parse_layout
 
 FRAMEWORK_KEY = "modelfs.framework"
@@ -142,6 +147,50 @@ def model_path(name: str) -> str:
     return name if name.endswith(".safetensors") else name + ".safetensors"
 
 
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # a sharded model's weight_map
+
+
+def _stored_file(client: Client, name: str) -> bool:
+    try:
+        client.store.ref(model_path(name))
+        return True
+    except NotFoundError:
+        return False
+
+
+def _load_directory(client: Client, resolved: Resolved, framework: str | None) -> dict[str, Any]:
+    """The tensors of a directory version: its model.safetensors, or every shard its
+    index names, each at the version the snapshot holds (so shards never mix versions)."""
+    snap = resolved.snapshot
+    assert snap is not None
+
+    def read(inner: str) -> bytes:
+        f = snap.file(inner)
+        if f is None:
+            raise NotFoundError(f"{resolved.pinned} holds no {inner}")
+        return client.read(version_address(join(snap.path, inner), f.version))
+
+    if snap.file(WEIGHTS_FILE) is not None:
+        return decode_model(read(WEIGHTS_FILE), framework)
+    if snap.file(INDEX_FILE) is None:
+        raise NotFoundError(
+            f"{resolved.pinned} is a directory with neither {WEIGHTS_FILE} nor {INDEX_FILE}"
+        )
+    try:
+        weight_map = json.loads(read(INDEX_FILE))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FormatError(f"{resolved.pinned}/{INDEX_FILE} is not a shard index: {e}") from None
+    out: dict[str, Any] = {}
+    for shard in shards:
+        for key, tensor in decode_model(read(shard), framework).items():
+            if key in out:
+                raise FormatError(f"{resolved.pinned}: tensor {key!r} is in two shards")
+            out[key] = tensor
+    return out
+
+
 def _client(store: str | os.PathLike[str] | Client | None) -> tuple[Client, bool]:
     if isinstance(store, Client):
         return store, False
@@ -229,9 +278,11 @@ def load_model(
 ) -> dict[str, Any]:
     """The tensors of a stored model; framework 'numpy' or 'torch'.
 
-    version: a number, a tag or alias name, or blake3:<hex> (default: the current
-    version). select (a where-clause) and order_by instead pick the best version of
-    the model by its metrics (as select_model does), which is then loaded exactly."""
+    name: NAME.safetensors, or a directory model (DIR/model.safetensors or the shards
+    of DIR/model.safetensors.index.json). version: a number, a tag or alias name, or
+    blake3:<hex> (default: the current version; of a directory, its snapshot).
+    select (a where-clause) and order_by instead pick the best version of the model
+    by its metrics (as select_model does), which is then loaded exactly."""
     if framework not in (None, "numpy", "torch"):
         raise InvalidArgumentError(f"framework must be 'numpy' or 'torch', not {framework!r}")
     if version is not None and (select is not None or order_by is not None):
@@ -243,15 +294,21 @@ def load_model(
         if select is not None or order_by is not None:
             best = _select(client, name, select, order_by)
             if best.is_dir:
-                raise InvalidArgumentError(
-                    f"the best version is the directory {best.pinned}; load_model loads one "
-                    "safetensors file"
-                )
+                return _load_directory(client, best, framework)
             data = client.read(best.pinned)
-        elif isinstance(version, str):
-            data = client.read(f"{model_path(name)}@{version}")
+        elif (
+            name.endswith(".safetensors")
+            or _stored_file(client, name)
+            or (not client.store.is_dir(name))
+        ):
+            path = model_path(name)
+            data = client.read(version_address(path, version) if version is not None else path)
         else:
-            data = client.read(model_path(name), version=version)
+            address = version_address(name, version) if version is not None else name
+            resolved = client.resolve(address)
+            if not resolved.is_dir:
+                raise NotFoundError(f"{address} is {resolved.pinned}, not a directory model")
+            return _load_directory(client, resolved, framework)
     finally:
         if owned:
             client.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .cache import DiskBlockCache, MemoryBlockCache
 from .errors import CorruptionError
 from .store import BlockRef, Manifest, Store
+from .store.paths import version_address
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class StoredFile(io.RawIOBase):
     @property
     def pinned(self) -> str:
         """An address of exactly this version (PATH@N)."""
-        return f"{self.path}@{self.version}"
+        return version_address(self.path, self.version)
 
     def readable(self) -> bool:
         return True

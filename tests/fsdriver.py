@@ -363,6 +363,15 @@ class Kernel:
             lambda ino: self.ops.setattr(ino, a, Fields(update_mode=True), None, Ctx(pid)),
         )
 
+    async def touch(self, path: str, pid: int) -> None:
+        """utimensat(2), as touch(1) calls it on a file that exists."""
+        a = pyfuse3.EntryAttributes()
+        a.st_atime_ns = a.st_mtime_ns = 1_700_000_000 * 10**9
+        fields = Fields(update_atime=True, update_mtime=True)
+        await self._with_retry(
+            path, pid, lambda ino: self.ops.setattr(ino, a, fields, None, Ctx(pid))
+        )
+
     async def setxattr(self, path: str, name: str, value: bytes, pid: int) -> None:
         await self._with_retry(
             path, pid, lambda ino: self.ops.setxattr(ino, name.encode(), value, Ctx(pid))

@@ -20,8 +20,8 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
          "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3",
-         "--s3-requests", "2", "--s3-latency-ms", "2", "--selection-versions", "1,100",
-         "--selection-files", "5"],
+         "--s3-requests", "2", "--s3-latency-ms", "2", "--selection-versions", "1,100,1000",
+         "--selection-files", "10"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -73,34 +73,15 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         assert sr[kind][str(sr["default"])]["vs_default"] == 1
         assert sr[f"{kind}_smallest_within_5pct_of_best"] in sr["counts"]
     assert sr["smallest_within_5pct_of_best_for_all"] in sr["counts"]
-    assert "Selection" in proc.stdout
-    for kind in ("local", "s3"):  # selection runs in the default set, and on S3 with --s3
-        assert res["selection"][kind]["file_100"]["considered"] == 100, kind
-
-
-@pytest.mark.slow
-def test_bench_selection_run_reports_bounded_requests(tmp_path: Path) -> None:
-    out, work = tmp_path / "selection.json", tmp_path / "work"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--selection", "--s3", "--selection-versions", "1,100,1000",
-         "--selection-files", "10", "--repeats", "2", "--json", str(out), "--workdir", str(work),
-         "--quiet"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Selection" in proc.stdout and "resolve @champion" in proc.stdout
-    assert list(work.iterdir()) == [], "the benchmark left its temporary directory behind"
-    res = json.loads(out.read_text())
-    assert "compression" not in res and "throughput" not in res, "--selection runs alone"
     sel = res["selection"]
     assert sel["versions"] == [1, 100, 1000]
-    for kind in ("local", "s3"):
+    for kind in ("local", "s3"):  # selection runs in the default set, and on S3 with --s3
         x = sel[kind]
         for n in (1, 100, 1000):
             f = x[f"file_{n}"]
             assert f["considered"] == n and 0 < f["matched"] <= n, (kind, n)
-            assert f["agrees_with_champion"] and f["requests_same_every_run"], (kind, n)
-            assert 0 < f["median_seconds"] < 5 and len(f["seconds"]) == 2, (kind, n)
+            assert f["agrees_with_champion"] and 0 < f["median_seconds"] < 5, (kind, n)
             assert x[f"resolve_champion_{n}"]["resolved"] == f["best"], (kind, n)
         # One ref and one names record, however many versions: the requests do not grow.
         assert x["file_1"]["requests"] == x["file_100"]["requests"] == x["file_1000"]["requests"]

@@ -483,6 +483,7 @@ def damage_header(data: bytes, how: str) -> bytes:
     raise AssertionError(how)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "how", ["not-json", "garbled-json", "length-past-end", "huge-length", "truncated-in-header"]
 )

@@ -119,6 +119,46 @@ async def test_an_open_reader_keeps_its_version_while_the_alias_moves(backend, f
     assert (await k.stat(f"{AT}/bert@1", READER)).entry_timeout > 0
 
 
+@trio_test
+async def test_names_holding_an_at_sign_are_listed_and_reached_with_latest(
+    backend, fs_mounts
+) -> None:
+    put(backend, {"odd@dir/we@ird.bin": b"one", "odd@dir/sub/m.bin": b"m"})
+    put(backend, {"odd@dir/we@ird.bin": b"two"})
+    k = await started(fs_mounts(backend))
+    assert await k.listdir(AT, READER) == ["odd@dir@latest"]
+    live = f"{AT}/odd@dir@latest"
+    assert await k.listdir(live, READER) == ["sub", "we@ird.bin@latest"]
+    # Every name listed is reached, and the selectors work below it.
+    assert await k.read_file(f"{live}/we@ird.bin@latest", READER) == b"two"
+    assert await k.read_file(f"{live}/we@ird.bin@1", READER) == b"one"
+    assert await k.read_file(f"{live}/sub/m.bin", READER) == b"m"
+    assert await k.getxattr(f"{live}/we@ird.bin@1", "user.modelfs.path", READER) == (
+        b"odd@dir/we@ird.bin"
+    )
+
+
+@trio_test
+async def test_a_versions_xattrs_show_its_metrics_and_metadata(backend, fs_mounts) -> None:
+    with Store.open(backend) as store:
+        store.put("m.bin", b"one", metadata={"user.note": "first"}, metrics={"acc": 0.7})
+        store.put("m.bin", b"two", metrics={"acc": 0.8})
+        measure(store, "m.bin@1", {"f1": 0.5})
+        store.put("d/x.bin", b"x")
+        name_version(store, "d", "best", alias=False)
+        measure(store, "d@best", {"score": 3})
+    k = await started(fs_mounts(backend))
+    one = f"{AT}/m.bin@1"
+    assert await k.listxattr(one, READER) == [
+        "user.metric.acc", "user.metric.f1", "user.modelfs.content_hash", "user.modelfs.path",
+        "user.modelfs.version", "user.note",
+    ]  # fmt: skip
+    assert await k.getxattr(one, "user.metric.f1", READER) == b"0.5"
+    assert await k.getxattr(one, "user.note", READER) == b"first"
+    assert await k.getxattr(f"{AT}/m.bin@2", "user.metric.acc", READER) == b"0.8"
+    assert await k.getxattr(f"{AT}/d@best", "user.metric.score", READER) == b"3"
+
+
 # refusals
 
 
@@ -135,6 +175,7 @@ async def test_every_change_in_the_view_is_refused_with_erofs(backend, fs_mounts
         "create in at/": k.open(f"{AT}/new", O_WB, WRITER),
         "truncate": k.truncate(f, 0, WRITER),
         "chmod": k.chmod(f, 0o600, WRITER),
+        "touch": k.touch(f, WRITER),
         "setxattr": k.setxattr(f, "user.metric.loss", b"1", WRITER),
         "removexattr": k.removexattr(f, "user.modelfs.path", WRITER),
         "unlink": k.unlink(f, WRITER),

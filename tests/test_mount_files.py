@@ -85,6 +85,7 @@ def test_create_write_close_commits_a_version(store_url: str, mount_store, tmp_p
         assert [v.size for v in c.history("model.bin")] == [len(data)]
 
 
+@pytest.mark.backend_independent
 def test_small_chunks_seek_back_and_rewrite(store_url: str, mount_store, tmp_path: Path) -> None:
     m = mount_store(store_url)
     expected = bytearray()
@@ -105,6 +106,7 @@ def test_small_chunks_seek_back_and_rewrite(store_url: str, mount_store, tmp_pat
     assert history_sizes(store_url, tmp_path, "chunks.bin") == [len(expected)]
 
 
+@pytest.mark.backend_independent
 def test_truncate_shrinks_and_grows_a_committed_file(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:
@@ -129,6 +131,7 @@ def test_truncate_shrinks_and_grows_a_committed_file(
     assert history_sizes(store_url, tmp_path, "t.bin")[-1] == 21
 
 
+@pytest.mark.backend_independent
 def test_append_to_a_committed_file_keeps_the_old_bytes(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:
@@ -146,6 +149,7 @@ def test_append_to_a_committed_file_keeps_the_old_bytes(
     assert read_stored(store_url, tmp_path, "log.txt") == b"line one\nline two\nline three\n"
 
 
+@pytest.mark.backend_independent
 def test_changing_bytes_in_the_middle_keeps_the_rest(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:
@@ -474,6 +478,7 @@ def test_own_changes_show_at_once_while_listings_refresh(
     assert not problems
 
 
+@pytest.mark.backend_independent
 def test_mkdir_rmdir_and_their_errors(store_url: str, mount_store, tmp_path: Path) -> None:
     m = mount_store(store_url)
     os.mkdir(m.path / "runs")
@@ -591,6 +596,7 @@ def test_cp_a_and_tar_into_the_mount(store_url: str, mount_store, tmp_path: Path
     assert errno_of(os.chown, m.path / "copy" / "config.json", 12345, -1) == errno.EPERM
 
 
+@pytest.mark.backend_independent
 def test_stat_sizes_modes_and_mtimes(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     before = time.time()
@@ -611,6 +617,7 @@ def test_stat_sizes_modes_and_mtimes(store_url: str, mount_store) -> None:
     assert stat.S_ISDIR(os.stat(m.path).st_mode)
 
 
+@pytest.mark.backend_independent
 def test_chmod_persists_across_remount(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     p = m.path / "run.sh"
@@ -628,6 +635,7 @@ def test_chmod_persists_across_remount(store_url: str, mount_store) -> None:
     assert out.stdout == "hi\n"
 
 
+@pytest.mark.backend_independent
 def test_symlinks(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     (m.path / "models").mkdir()
@@ -645,6 +653,7 @@ def test_symlinks(store_url: str, mount_store) -> None:
     assert (m2.path / "models" / "latest").read_bytes() == b"version two"
 
 
+@pytest.mark.backend_independent
 def test_hard_links_are_refused(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     (m.path / "a").write_bytes(b"a")
@@ -652,6 +661,7 @@ def test_hard_links_are_refused(store_url: str, mount_store) -> None:
     assert not (m.path / "b").exists()
 
 
+@pytest.mark.backend_independent
 def test_statfs(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     (m.path / "a").write_bytes(b"a" * 10000)
@@ -662,6 +672,7 @@ def test_statfs(store_url: str, mount_store) -> None:
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.backend_independent
 def test_names_with_spaces_and_unicode(store_url: str, mount_store, tmp_path: Path) -> None:
     m = mount_store(store_url)
     names = ["my model (final).bin", "模型 权重.safetensors", "ünïcödé—name.txt", "100%.txt"]
@@ -752,6 +763,7 @@ def test_a_path_the_store_cannot_hold_fails_at_open_not_at_close(
             assert c.read("/".join([*dirs, "f" * 254])) == b"deep"
 
 
+@pytest.mark.backend_independent
 def test_a_file_cannot_be_a_parent(store_url: str, mount_store) -> None:
     m = mount_store(store_url)
     (m.path / "ok").write_bytes(b"ok")

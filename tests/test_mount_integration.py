@@ -1,5 +1,5 @@
 """A mounted store used by real programs: safetensors, torch, transformers, Java, other
-users and namespaces, a second mount, a killed or signalled daemon, a 1 GiB read.
+users and namespaces, a second mount, a killed or signalled daemon, a 512 MiB read in bounded memory.
 
 Each test mounts through `modelfs mount` as a user would (fixture `mount_store`)
 and checks what that user would notice: the bytes, the errors, what the store
@@ -699,10 +699,12 @@ def test_umount_returns_only_after_the_daemon_has_exited(
 
 
 @pytest.mark.slow
-def test_daemon_peak_rss_stays_bounded_while_reading_1_gib(
+def test_daemon_peak_rss_stays_below_the_file_size_while_reading_512_mib(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:
-    size = 1 << 30
+    # 512 MiB is four times the memory cache; the daemon settles near 330 MiB whatever the
+    # size (measured at 1 GiB too), so a daemon that kept what it read would fail the bound.
+    size = 512 << 20
     local = tmp_path / "big.bin"
     digest = hashlib.sha256()
     rng = np.random.default_rng(1)
@@ -724,6 +726,6 @@ def test_daemon_peak_rss_stays_bounded_while_reading_1_gib(
     assert check.stdout.split()[0] == digest.hexdigest()
     status = Path(f"/proc/{pid}/status").read_text()
     hwm_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
-    print(f"daemon peak RSS after reading 1 GiB: {hwm_kib / 1024:.0f} MiB")
+    print(f"daemon peak RSS after reading 512 MiB: {hwm_kib / 1024:.0f} MiB")
     assert m.stats()["bytes_served"] >= size
-    assert hwm_kib * 1024 < 512 << 20
+    assert hwm_kib * 1024 < 448 << 20

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mounting import wait_until
 from test_mount_files import history_sizes
 from test_mount_files import read_stored as read_store
@@ -219,6 +220,7 @@ def test_a_writer_process_sees_what_it_wrote_before_closing(
     assert subprocess.run(["cat", str(p)], capture_output=True).stdout == b"line one\nline two\n"
 
 
+@pytest.mark.backend_independent
 def test_np_memmap_writes_through_the_mount(store_url: str, mount_store, tmp_path: Path) -> None:
     """A shared writable mapping (np.memmap "w+", as some checkpoint writers use) is committed."""
     m = mount_store(store_url)
@@ -297,6 +299,7 @@ def test_a_writer_that_reads_its_file_back_commits_at_its_close_from_many_thread
     assert " ERROR " not in m.log
 
 
+@pytest.mark.backend_independent
 def test_a_child_handed_the_descriptor_writes_one_version(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:
@@ -334,6 +337,7 @@ assert libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(n)) == 0
 """
 
 
+@pytest.mark.backend_independent
 def test_a_file_written_through_a_mapping_after_its_descriptor_closed_is_one_version(
     store_url: str, mount_store, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from modelfs.errors import (
     NotFoundError,
 )
 from modelfs.store import Store, StoreConfig
+from modelfs.store.paths import names_key
 from modelfs.store.query import QueryError
 from modelfs.store.registry import Target, who
 
@@ -332,6 +333,57 @@ def test_a_file_with_an_at_sign_in_its_name_is_reached_with_latest(c: modelfs.Cl
     assert c.read("weird@name.bin@first") == b"one"
 
 
+def test_names_with_an_at_sign_at_every_level_are_reached_with_latest(c: modelfs.Client) -> None:
+    c.put("odd@dir/we@ird.bin", b"one")
+    c.put("odd@dir/we@ird.bin", b"two")
+
+    assert c.read("odd@dir@latest/we@ird.bin@latest") == b"two"
+    assert c.read("odd@dir@latest/we@ird.bin@1") == b"one"
+    c.tag("odd@dir@latest/we@ird.bin@1", "first")
+    assert c.read("odd@dir@latest/we@ird.bin@first") == b"one"
+    got = c.resolve("odd@dir@latest/we@ird.bin@first")
+    assert got.path == "odd@dir/we@ird.bin" and got.pinned == "odd@dir@latest/we@ird.bin@1"
+    assert c.read(got.pinned) == b"one"  # what output shows can be given back as it is
+    assert [n for n in c.names_by_version("odd@dir@latest/we@ird.bin@latest")[1]] == [
+        "odd@dir@latest/we@ird.bin@first"
+    ]
+    with pytest.raises(NotFoundError, match="write odd@dir@latest/we@ird.bin@latest"):
+        c.read("odd@dir/we@ird.bin")
+
+
+def test_a_damaged_names_record_hides_names_not_versions_until_fsck_repair_sets_it_aside(
+    c: modelfs.Client, caplog: pytest.LogCaptureFixture, expect_warnings: Callable[..., None]
+) -> None:
+    expect_warnings("its names and later metrics are not shown")
+    c.alias(f"{CK}@2", "champion")
+    c.record_metrics(f"{CK}@2", {"f1": 0.5})
+    backend = c.store.backend
+    key = names_key(CK, is_dir=False)
+    backend.put(key, b'{"broken')
+
+    # The versions read as before, with the metrics recorded at put; a warning says why
+    # the rest is missing.
+    assert c.read(f"{CK}@2") == bytes([2]) * 1000 and c.read(CK) == bytes([4]) * 1000
+    assert c.metrics_by_version(CK)[2] == {"acc": 0.7, "ds": "sst2"}
+    assert "its names and later metrics are not shown" in caplog.text
+    # What decides by names refuses, naming the record and the way out; nothing changes.
+    before = objects(c)
+    for refused in (lambda: c.read(f"{CK}@champion"), lambda: c.alias(f"{CK}@3", "champion"),
+                    lambda: c.record_metrics(f"{CK}@3", {"f1": 0.6}), lambda: c.select(CK)):  # fmt: skip
+        with pytest.raises(modelfs.ModelfsError, match=r"names record .*fsck --repair"):
+            refused()
+    assert objects(c) == before
+    report = c.fsck()
+    assert not report.ok and any(key in p for p in report.problems)
+
+    repaired = c.fsck(repair=True)
+    assert repaired.ok and len(repaired.repaired) == 1
+    (aside,) = [k for k in backend.list("damaged/")]
+    assert backend.get(aside) == b'{"broken' and c.fsck().ok
+    c.alias(f"{CK}@3", "champion")
+    assert c.resolve(f"{CK}@champion").version == 3
+
+
 def test_a_format_2_store_is_upgraded_to_3_at_its_first_tag() -> None:
     client = memory_client(StoreConfig(version=2))
     client.put(CK, b"old")
@@ -365,6 +417,37 @@ def test_models_carry_metrics_and_load_by_name_or_by_selection(c: modelfs.Client
         modelfs.select_model("clf", store=c, where="acc > 1")
     with pytest.raises(InvalidArgumentError, match="not both"):
         modelfs.load_model("clf", store=c, version=1, select="acc > 0")
+
+
+def test_load_model_loads_a_sharded_directory_model_from_one_version(c: modelfs.Client) -> None:
+    from modelfs.models import encode_model
+
+    def save(step: int) -> None:
+        shards = {
+            "model-00001-of-00002.safetensors": {"a": np.full(3, step, np.float32)},
+            "model-00002-of-00002.safetensors": {"b": np.full(2, -step, np.float32)},
+        }
+        index = {"weight_map": {k: name for name, t in shards.items() for k in t}}
+        c.put("hf/config.json", b"{}")
+        c.put("hf/model.safetensors.index.json", json.dumps(index).encode())
+        for name, tensors in shards.items():
+            c.put(f"hf/{name}", encode_model(tensors))
+
+    save(1)
+    c.tag("hf", "v1")
+    save(2)
+    c.record_metrics("hf@v1", {"acc": 0.9})
+    old = modelfs.load_model("hf", store=c, version="v1")
+    assert {k: v.tolist() for k, v in old.items()} == {"a": [1, 1, 1], "b": [-1, -1]}
+    assert modelfs.load_model("hf", store=c)["b"].tolist() == [-2, -2]  # as it is now
+    assert modelfs.load_model("hf", store=c, version=1)["a"].tolist() == [1, 1, 1]
+    assert modelfs.load_model("hf", store=c, select="acc > 0.5")["a"].tolist() == [1, 1, 1]
+    c.put("hf/model.safetensors.index.json", b'{"no": "map"}')
+    with pytest.raises(modelfs.FormatError, match="is not a shard index"):
+        modelfs.load_model("hf", store=c)
+    c.put("bare/config.json", b"{}")
+    with pytest.raises(NotFoundError, match="neither model.safetensors nor"):
+        modelfs.load_model("bare", store=c)
 
 
 # the command line
@@ -530,3 +613,25 @@ def test_cli_moves_a_directorys_alias_to_a_version_under_it_and_logs_a_directory
     assert "has no snapshots" in cli("log", s, "ck", check=False).stderr.decode()
     (line,) = _run(cli, "log", s, "bert").splitlines()
     assert line.startswith("s1 ") and "2 files" in line and "[bert@champion]" in line
+
+
+def test_cli_fsck_reports_a_damaged_names_record_and_repair_sets_it_aside(
+    cli: CLI, cli_store: str
+) -> None:
+    s = cli_store
+    cli("alias", s, f"{CK}@2", "champion")
+    record = Path(s.removeprefix("file://")) / names_key(CK, is_dir=False)
+    record.write_bytes(b"\x00not json")
+
+    assert _run(cli, "log", s, CK).splitlines()[0].split()[0] == "v3"  # versions still read
+    refused = cli("cat", s, f"{CK}@champion", check=False)
+    assert refused.returncode == 1 and b"fsck --repair" in refused.stderr
+    found = cli("fsck", s, check=False)
+    assert found.returncode == 3 and f"problem: names record {names_key(CK, is_dir=False)}" in (
+        found.stdout.decode()
+    )
+    repaired = _run(cli, "fsck", s, "--repair")
+    assert "repaired: names record" in repaired and "set aside at damaged/meta/" in repaired
+    assert _run(cli, "fsck", s).endswith("no problems found\n")
+    cli("alias", s, f"{CK}@3", "champion")
+    assert cli("cat", s, f"{CK}@champion").stdout == bytes([3]) * 100

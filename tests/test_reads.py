@@ -8,6 +8,7 @@ and `verify` / `modelfs fsck PATH` must fetch from the store, not trust a cache.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ class CountingBackend(WrappedBackend):
         self.pack_gets = 0
         self._active = 0
         self.max_parallel = 0
+        self.pack_delay = 0.0  # seconds each pack read takes at least (as on a network)
         self._lock = threading.Lock()
 
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -43,6 +45,7 @@ class CountingBackend(WrappedBackend):
             self._active += 1
             self.max_parallel = max(self.max_parallel, self._active)
         try:
+            time.sleep(self.pack_delay)
             return super().get(key, byte_range)
         finally:
             with self._lock:
@@ -77,6 +80,9 @@ def test_cold_whole_file_read_uses_about_one_request_per_pack(
 
 def test_blocks_of_several_packs_are_fetched_in_parallel(stored: str, tmp_path: Path) -> None:
     client, backend = counting_client(stored, tmp_path / "cold-cache")
+    # A local read can end before the next one starts on a busy machine: make each take a
+    # network's round trip, so that overlap shows whether they were issued in parallel.
+    backend.pack_delay = 0.05
     with client:
         manifest = client.store.manifest(PATH)
         assert len({b.location.pack for b in manifest.blocks}) >= 2

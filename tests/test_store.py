@@ -117,6 +117,7 @@ def minilm_source(
         yield NonSeekableStream(minilm_bytes)
 
 
+@pytest.mark.backend_independent
 def test_put_from_any_source_reads_back_byte_exact(
     client: modelfs.Client, minilm_source: object, minilm_path: Path
 ) -> None:
@@ -444,6 +445,7 @@ def failing_client(store_url: str, fail_prefix: str, cache_dir: Path) -> modelfs
     return modelfs.Client(Store.open(backend), cache_dir=cache_dir)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("fail_prefix", ["packs/", "index/", "manifests/", "refs/"])
 def test_failed_put_leaves_the_previous_version_current_and_intact(
     store_url: str,

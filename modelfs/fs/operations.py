@@ -324,6 +324,9 @@ class Operations(pyfuse3.Operations):
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:  # fmt: skip
         path = self.inodes.path(inode)
+        if any(getattr(fields, f"update_{f}", False)
+               for f in ("size", "mode", "uid", "gid", "atime", "mtime", "ctime")):  # fmt: skip
+            self._refuse_in_view(path, "changing")  # even touch: a version never changes
         # Files belong to the mounting user; a chown to that owner changes nothing and
         # must succeed, or `cp -a`, `rsync -a` and `tar x` fail on every file.
         if (fields.update_uid and attr.st_uid != self.uid) or (
@@ -332,7 +335,6 @@ class Operations(pyfuse3.Operations):
             raise _fuse(errno.EPERM)
         if not (fields.update_size or fields.update_mode):
             return await self.getattr(inode, ctx)
-        self._refuse_in_view(path, "changing")
         self._check_writable()
         if is_control(path):
             raise _fuse(errno.EPERM)
@@ -829,7 +831,7 @@ class Operations(pyfuse3.Operations):
         """The xattrs of inode's file (only those that may be `wanted`, if given)."""
         path = self.inodes.path(inode)
         if is_view(path):
-            return self.versions.entry(path).xattrs()
+            return await self.versions.xattrs(self.versions.entry(path), wanted)
         if wanted is not None and not wanted.startswith(XATTR_PREFIX):
             return {}
         session = self.writes.of_inode(inode)

@@ -4,7 +4,10 @@ Plain names under `at/` mirror the live tree, so a program can walk to a file
 or directory and add a selector: `at/bert@champion/config.json`,
 `at/bert/model.safetensors@3`, `at/ck/m.bin@blake3:<hex>`. A name holding an
 '@' is an address (store/addresses.py), resolved at each lookup to one
-immutable version; inside a directory version, names are the snapshot's.
+immutable version; inside a directory version, names are the snapshot's. A
+live name that holds an '@' is listed, and reached, as NAME@latest (a directory
+so named is live too). A version's xattrs are those of the live file (metrics,
+metadata) and what it resolved to (user.modelfs.*).
 
 Each entry's inode stands for one immutable content: its key (the path the
 inode table holds) is the version it resolved to (`at/bert@4`,
@@ -29,15 +32,18 @@ import logging
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyfuse3
 
 from ..errors import InvalidArgumentError, NotFoundError
 from ..store import Store, Version
-from ..store.addresses import LATEST, Resolved, parse_address, resolve
+from ..store.addresses import LATEST, Resolved, live_address, resolve
+from ..store.registry import load_record
 from ..store.snapshots import Snapshot, join
 from .view import View
+from .xattrs import METRIC_PREFIX, USER_PREFIX, as_xattrs, committed_metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,8 @@ class Entry:
         """A plain directory mirroring the live tree (no version)."""
         return self.version is None and self.snapshot is None
 
-    def xattrs(self) -> dict[str, str]:
+    def resolved_xattrs(self) -> dict[str, str]:
+        """What the entry resolved to (user.modelfs.*)."""
         found = {PATH_XATTR: self.path}
         if self.version is not None:
             found[VERSION_XATTR] = str(self.version.version)
@@ -125,23 +132,48 @@ class Versions:
         parent = self.entry(parent_key)
         if parent.snapshot is not None:
             return await self._inside(parent, name), False
-        text = join(parent.path, name)
-        if "@" not in name and self.view.is_dir(text):
-            return self.keep(Entry(join(parent_key, name), text)), False
-        resolved = await self._resolve(text)
-        selector = parse_address(text).selector
+        if "@" not in name and self.view.is_dir(join(parent.path, name)):
+            return self.keep(Entry(join(parent_key, name), join(parent.path, name))), False
+        # The parent is a live directory, whose own names may hold an '@'.
+        resolved = await self._resolve(join(live_address(parent.path), name))
+        selector = name.rpartition("@")[2] if "@" in name else None
         follows = _follows(selector)
         if not resolved.is_dir:
             assert resolved.entry is not None
             v = resolved.entry
             return self.keep(Entry(_file_key(resolved.path, v.version), resolved.path, v)), follows
-        if selector is None:  # a plain name: a directory of the live tree
-            return self.keep(Entry(join(parent_key, name), text)), False
+        if selector is None or selector == LATEST:  # a directory of the live tree, as readdir
+            return self.keep(Entry(join(parent_key, name), resolved.path)), False
         snap = resolved.snapshot
         assert snap is not None
         pin = str(resolved.version) if resolved.version is not None else snap.content_hash
         key = f"{_AT_PREFIX}{resolved.path}@{pin}"
         return self.keep(Entry(key, resolved.path, None, snap, resolved.version)), follows
+
+    async def xattrs(self, entry: Entry, wanted: str | None) -> dict[str, str]:
+        """An entry's xattrs: what it resolved to; a version's metrics and, for a file,
+        its metadata, as the live file shows them (only those that may be `wanted`)."""
+        resolved = entry.resolved_xattrs()
+        if wanted is not None and (wanted in resolved or not wanted.startswith(USER_PREFIX)):
+            return resolved
+        found: dict[str, str] = {}
+        if entry.version is not None:
+            v = entry.version
+            if v.manifest is not None and (wanted is None or not wanted.startswith(METRIC_PREFIX)):
+                manifest = await self._run(self.store.load_manifest, v.manifest)
+                found.update({k: val for k, val in manifest.metadata.items()
+                              if k.startswith(USER_PREFIX)})  # fmt: skip
+            if wanted is None or wanted.startswith(METRIC_PREFIX):
+                found.update(
+                    as_xattrs(await self._run(committed_metrics, self.store, entry.path, v))
+                )
+        elif entry.number is not None and (wanted is None or wanted.startswith(METRIC_PREFIX)):
+            record = await self._run(
+                partial(load_record, is_dir=True, damaged_ok=True), self.store.backend, entry.path
+            )
+            if record is not None:
+                found.update(as_xattrs(record.metrics_of(entry.number)))
+        return found | resolved
 
     def forget(self, key: str) -> None:
         """The kernel forgot the entry's inode: nothing reaches it by its key any more."""

@@ -42,7 +42,7 @@ def as_xattrs(metrics: dict[str, Value]) -> dict[str, str]:
 
 def committed_metrics(store: Store, path: str, version: Version) -> dict[str, Value]:
     """A committed version's metrics: recorded with it, updated since. Blocking."""
-    record = load_record(store.backend, path, is_dir=False)
+    record = load_record(store.backend, path, is_dir=False, damaged_ok=True)
     if record is None:
         return dict(version.metrics or {})
     return record.metrics_of(version.version, version.metrics)

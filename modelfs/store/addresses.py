@@ -6,11 +6,14 @@
     PATH@blake3:HEX   the newest version with that content hash (8 to 64 hex digits, unique)
     PATH@latest       the current version (also how to reach a name holding an '@')
     DIR@SEL/INNER     a file or directory inside a directory's version
+    DIR@latest/ADDR   an address inside the live directory DIR
 
 The address ends at the first name holding an '@', and its selector is what
-follows the last '@' of that name; whatever follows is a path inside the
-directory version. So a file whose name holds an '@' is reached with an
-explicit selector: `weird@name.bin@latest`, `weird@name.bin@3`.
+follows the last '@' of that name. What follows a directory version (@N, a
+name, @blake3) is a path inside it, taken literally. What follows DIR@latest is
+again an address, relative to DIR. So a name holding an '@' is reached with an
+explicit selector at every level of the live tree: `weird@name.bin@latest`,
+`weird@name.bin@3`, `odd@dir@latest/we@ird.bin@2` (live_address writes them).
 
 resolve() turns an address into a Resolved: an immutable version (the path,
 its number and content hash; a directory's snapshot), which output shows so
@@ -29,7 +32,7 @@ from ..errors import (
     NotFoundError,
 )
 from .metrics import Value
-from .paths import normalize_path
+from .paths import live_address, normalize_path, version_address
 from .refs import Ref, Version, load_ref
 from .registry import Name, NamesRecord, check_name, load_record
 from .snapshots import Snapshot, join, load_snapshot, take_snapshot
@@ -72,6 +75,10 @@ def parse_address(text: str) -> Address:
             inner = normalize_path("/".join(parts[i + 1 :])) if i + 1 < len(parts) else ""
         except InvalidPathError as e:
             raise InvalidArgumentError(f"{text!r}: {e}") from None
+        if selector == LATEST and inner:
+            # Inside the live directory the rest is an address again, relative to it.
+            rest = parse_address(inner)
+            return Address(text, join(path, rest.path), rest.selector, rest.inner)
         return Address(text, path, selector, inner)
     try:
         return Address(text, normalize_path(text), None)
@@ -97,8 +104,8 @@ class Resolved:
     def pinned(self) -> str:
         """An address that names this version and nothing else, ever."""
         if self.version is not None:
-            return f"{self.path}@{self.version}"
-        return f"{self.path}@{self.content_hash}"
+            return version_address(self.path, self.version)
+        return version_address(self.path, self.content_hash)
 
     def describe(self) -> str:
         via = f" ({self.via.kind} {self.via.name})" if self.via is not None else ""
@@ -134,7 +141,7 @@ def _one_hash(address: Address, wanted: str, hashes: list[str]) -> str | None:
 def _file_version(store: Store, address: Address, ref: Ref, v: Version, via: Name | None,
                   record: NamesRecord | None = None) -> Resolved:  # fmt: skip
     if record is None:
-        record = load_record(store.backend, ref.path, is_dir=False)
+        record = load_record(store.backend, ref.path, is_dir=False, damaged_ok=True)
     metrics = record.metrics_of(v.version, v.metrics) if record else dict(v.metrics or {})
     return Resolved(address.text, ref.path, False, v.version, v.content_hash, v, None, via, metrics)
 
@@ -269,12 +276,16 @@ def _nothing_at(store: Store, path: str) -> str:
 
 
 def _literal_hint(store: Store, address: Address) -> str:
-    """If the address, read as a plain path, is a stored file: how to reach it."""
-    try:
-        literal = normalize_path(address.text.split("/" + address.inner)[0] if address.inner
-                                 else address.text)  # fmt: skip
-    except InvalidPathError:
-        return ""
-    if _file_ref(store, literal) is not None or store.is_dir(literal):
-        return f"; to read the path named {literal!r}, write {literal}@latest"
+    """If the address, or its part up to the selector, read as a plain path, is a stored
+    file or directory: how to reach it."""
+    texts = [address.text]
+    if address.inner:
+        texts.append(address.text.strip("/")[: -len(address.inner) - 1])
+    for text in texts:
+        try:
+            literal = normalize_path(text)
+        except InvalidPathError:
+            continue
+        if _file_ref(store, literal) is not None or store.is_dir(literal):
+            return f"; to read the path named {literal!r}, write {live_address(literal)}"
     return ""

@@ -78,6 +78,20 @@ def normalize_path(path: str) -> str:
     return norm
 
 
+def live_address(path: str) -> str:
+    """The address (store/addresses.py) of a stored path as it is now, taken literally:
+    each name holding an '@' gets an explicit @latest, so no part of it reads as a
+    selector."""
+    return "/".join(p + "@latest" if "@" in p else p for p in path.split("/"))
+
+
+def version_address(path: str, selector: object) -> str:
+    """The address of one version (a number, a name, blake3:<hex>) of a stored path,
+    whatever '@'s its names hold: `odd@dir/m.bin` version 3 is `odd@dir@latest/m.bin@3`."""
+    parent, _, base = path.rpartition("/")
+    return (live_address(parent) + "/" if parent else "") + f"{base}@{selector}"
+
+
 def normalize_prefix(prefix: str) -> str:
     """A directory prefix for listing: '' for the root, else a normalized path."""
     return "" if prefix.strip("/") == "" else normalize_path(prefix)

@@ -23,6 +23,7 @@ checkpoint file or directory under checkpoints/).
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import socket
@@ -42,7 +43,12 @@ from . import cas
 from .format import canonical_json, is_hex_id, parse_json
 from .metrics import Value, check_metrics
 from .metrics import check_name as check_metric_name
-from .paths import META_PREFIX, names_key, normalize_path
+from .paths import META_PREFIX, names_key, normalize_path, version_address
+
+log = logging.getLogger(__name__)
+
+DAMAGED_PREFIX = "damaged/"  # where fsck --repair sets damaged records aside
+REPAIR_HINT = "modelfs fsck --repair sets it aside, losing its names and later metrics"
 
 NAME_MAX = 128
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -101,7 +107,7 @@ class Target:
         return cls(path, version, str(doc["content_hash"]), bool(doc.get("dir", False)))
 
     def __str__(self) -> str:
-        return f"{self.path}@{self.version}"
+        return version_address(self.path, self.version)
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,13 @@ class NamesRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str) -> NamesRecord:
+        try:
+            return cls._parse(data, key)
+        except FormatError as e:
+            raise FormatError(f"{e} ({REPAIR_HINT})") from None
+
+    @classmethod
+    def _parse(cls, data: bytes, key: str) -> NamesRecord:
         what = f"names record {key}"
         doc = parse_json(data, what)
         try:
@@ -246,8 +259,16 @@ class NamesRecord:
             raise FormatError(f"{what} is malformed: {e}") from None
 
 
-def load_record(backend, path: str, *, is_dir: bool) -> NamesRecord | None:
-    """A path's names record, or None if nothing was ever named or measured there."""
+def load_record(
+    backend, path: str, *, is_dir: bool, damaged_ok: bool = False
+) -> NamesRecord | None:
+    """A path's names record, or None if nothing was ever named or measured there.
+
+    damaged_ok: where names and later metrics only decorate what is read (the bytes of
+    a version, its log, its xattrs), a damaged record is reported, not fatal: the
+    version is still readable. Whatever decides by names or metrics (resolving a name,
+    selecting, changing the record) reads it strictly.
+    """
     key = names_key(path, is_dir=is_dir)
     limit = backend.max_key_bytes
     if limit is not None and len(key) > limit:
@@ -256,7 +277,33 @@ def load_record(backend, path: str, *, is_dir: bool) -> NamesRecord | None:
         data = backend.get(key)
     except NotFoundError:
         return None
-    return NamesRecord.from_bytes(data, key)
+    return parse_record(data, key, damaged_ok=damaged_ok)
+
+
+def set_aside(backend, key: str, data: bytes) -> str | None:
+    """Move a damaged names record out of the way, so that its path can be named and
+    measured again: its bytes are copied under damaged/ first, then the record is removed,
+    unless it changed meanwhile. Returns where the bytes went (None: not removed)."""
+    aside = f"{DAMAGED_PREFIX}{key}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    backend.put(aside, data)
+    try:
+        if backend.get(key) != data:
+            return None  # repaired or rewritten by someone else: theirs stands
+    except NotFoundError:
+        return None
+    backend.delete(key)
+    return aside
+
+
+def parse_record(data: bytes, key: str, *, damaged_ok: bool = False) -> NamesRecord | None:
+    """A names record read from key (None if damaged and damaged_ok: see load_record)."""
+    try:
+        return NamesRecord.from_bytes(data, key)
+    except FormatError as e:
+        if not damaged_ok:
+            raise
+        log.warning("its names and later metrics are not shown: %s", e)
+        return None
 
 
 def update_record(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import InvalidArgumentError, NotFoundError
 from .addresses import parse_address
 from .metrics import Value
-from .paths import names_prefix
+from .paths import names_prefix, version_address
 from .query import Order, Where, parse_order, parse_where
 from .refs import Ref, load_ref
 from .registry import NamesRecord, is_names_key, load_record
@@ -36,7 +36,7 @@ class Candidate:
 
     @property
     def address(self) -> str:
-        return f"{self.path}@{self.version}"
+        return version_address(self.path, self.version)
 
     def record(self) -> dict[str, Value]:
         return {

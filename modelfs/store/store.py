@@ -88,7 +88,7 @@ from .paths import (
     ref_key,
 )
 from .refs import Ref, Version, append_version, load_ref
-from .registry import NamesRecord, is_names_key, load_record
+from .registry import NamesRecord, is_names_key, load_record, set_aside
 from .snapshots import load_snapshot
 from .tensorfile import TensorLayout, header_size_needed, parse_layout
 
@@ -149,6 +149,7 @@ class FsckReport:
     corrupt_blocks: dict[str, str] = field(default_factory=dict)  # block id -> why
     missing_packs: list[str] = field(default_factory=list)
     affected: list[dict[str, object]] = field(default_factory=list)  # path, version, offset, ...
+    repaired: list[str] = field(default_factory=list)  # what --repair did
 
     @property
     def ok(self) -> bool:
@@ -678,7 +679,7 @@ class Store:
     def _carried_metrics(self, path: str, current: Version) -> dict | None:
         """The metrics a version with the same content keeps (a chmod, an xattr, a rename:
         the model is the same, and so are its measurements)."""
-        record = load_record(self.backend, normalize_path(path), is_dir=False)
+        record = load_record(self.backend, normalize_path(path), is_dir=False, damaged_ok=True)
         metrics = record.metrics_of(current.version, current.metrics) if record else current.metrics
         if metrics:
             self.require_version(NAMES_VERSION, f"carrying the metrics of {path}")
@@ -764,8 +765,9 @@ class Store:
 
     # checking
 
-    def fsck(self, progress: Progress | None = None) -> FsckReport:
-        """Read every pack and block, check both hashes, and name the files affected."""
+    def fsck(self, progress: Progress | None = None, *, repair: bool = False) -> FsckReport:
+        """Read every pack and block, check both hashes, and name the files affected.
+        repair: set damaged names records aside (the only damage fsck repairs)."""
         report = FsckReport()
         self.refresh_index()
         pack_keys = {k.rsplit("/", 1)[-1] for k in self.backend.list("packs/")}
@@ -851,21 +853,27 @@ class Store:
                             {"path": path, "version": v.version, "offset": b.file_offset,
                              "length": loc.length, "block": loc.block_id, "problem": why}
                         )  # fmt: skip
-        self._check_names(report)
+        self._check_names(report, repair)
         return report
 
-    def _check_names(self, report: FsckReport) -> None:
+    def _check_names(self, report: FsckReport, repair: bool) -> None:
         """Every names record parses, each name's target exists with the content it names,
-        and each numbered snapshot's object is there and holds what its entry says."""
+        and each numbered snapshot's object is there and holds what its entry says.
+        repair: a record that does not parse is set aside (registry.set_aside)."""
         for key in self.backend.list(META_PREFIX):
             if not is_names_key(key):
                 continue
             try:
-                record = NamesRecord.from_bytes(self.backend.get(key), key)
+                data = self.backend.get(key)
+                record = NamesRecord.from_bytes(data, key)
             except NotFoundError:
                 continue
             except ModelfsError as e:
-                report.problems.append(str(e))
+                aside = set_aside(self.backend, key, data) if repair else None
+                if aside is not None:
+                    report.repaired.append(f"{e}: set aside at {aside}")
+                else:
+                    report.problems.append(str(e))
                 continue
             report.names_checked += len(record.names)
             for entry in record.snapshots:
