@@ -8,6 +8,7 @@ The Python API in brief:
     f = store.open("bert.safetensors")          # lazy, seekable, read-only
     modelfs.save_model("bert", params, store=store)
     params = modelfs.load_model("bert", store=store)
+    d = modelfs.compare_models("bert@1", "bert@champion", store=store)  # tensor by tensor
 """
 
 from .client import Client, init_store, open_store
@@ -28,4 +29,18 @@ __all__ = [
     "Client", "CorruptionError", "FormatError", "InvalidPathError", "ModelfsError",
     "NotFoundError", "StoreNotFoundError", "UnsupportedFormatError", "init_store",
     "load_model", "open_store", "save_model", "select_model", "update_model",
+    "compare_models", "compare_series",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    # Comparison is imported when first used: `import modelfs` stays quick for the CLI.
+    if name == "compare_models":
+        from .compare.diff import compare_models
+
+        return compare_models
+    if name == "compare_series":
+        from .compare.series import compare_series
+
+        return compare_series
+    raise AttributeError(f"module 'modelfs' has no attribute {name!r}")

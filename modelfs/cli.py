@@ -5,7 +5,7 @@ Every command that reads takes an address where it takes a path
 version it resolved to (`PATH@N blake3:...`), so that a script can pin it.
 
 Exit status: 0 success, 1 a modelfs error (message on stderr, nothing
-changed), 2 bad usage, 3 fsck found problems.
+changed), 2 bad usage, 3 fsck found problems, 4 a diff --fail-if matched.
 """
 
 from __future__ import annotations
@@ -551,6 +551,67 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .compare import report
+    from .compare.diff import compare_models
+    from .compare.series import compare_series
+
+    if args.json and args.csv:
+        raise InvalidArgumentError("give --json or --csv, not both")
+    if args.series is None and (args.a is None or args.b is None):
+        raise InvalidArgumentError("give two models to compare (A B), or --series SPEC")
+    if args.series is not None and args.a is not None:
+        raise InvalidArgumentError("give two models or --series, not both")
+    if args.fail_if is not None:
+        from .store.query import parse_where
+
+        parse_where(args.fail_if)  # a bad clause fails now, before anything is read
+    client = None if args.store == "-" else _open(args)
+    bar = ProgressBar("diff", 0, force=args.progress)
+    try:
+        if args.series is not None:
+            if client is None:
+                raise InvalidArgumentError("a series is read from a store: give one, not -")
+            result: Any = compare_series(
+                args.series, store=client, numbers=args.numbers, atol=args.atol, rtol=args.rtol,
+                renames=tuple(args.rename or ()), progress=bar,
+            )  # fmt: skip
+        else:
+            result = compare_models(
+                args.a, args.b, store=client, atol=args.atol, rtol=args.rtol,
+                renames=args.rename or (), progress=bar,
+            )  # fmt: skip
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+    series = args.series is not None
+    if args.plot:
+        (report.plot_series if series else report.plot)(result, args.plot)
+    if args.json:
+        _print_json(result.to_json())
+    elif args.csv:
+        sys.stdout.write(report.series_csv(result) if series else report.csv_text(result))
+    else:
+        text = (
+            report.series_text(result)
+            if series
+            else report.text(result, top=None if args.all else args.top)
+        )
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    if args.fail_if is not None:
+        diffs = [s.diff for s in result.steps] if series else [result]
+        failing = [row for d in diffs for row in report.failing(d, args.fail_if)]
+        if failing:
+            names = ", ".join(sorted({str(r["name"]) for r in failing})[:5])
+            print(f"modelfs: --fail-if {args.fail_if!r} matched {len(failing)} tensors: {names}",
+                  file=sys.stderr)  # fmt: skip
+            return 4
+    return 0
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from .mount import MountOptions, run_foreground, start_background
 
@@ -820,6 +881,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--csv", action="store_true", help="comma-separated output")
     sp.add_argument("--alias", metavar="NAME", help="point this alias at the best one")
     sp.add_argument("-m", "--message", default="", help="for the alias's log")
+
+    sp = add("diff", cmd_diff, "compare two models tensor by tensor, or drift over a series")
+    sp.add_argument("a", nargs="?", metavar="A",
+                    help="an address (bert@champion, m.safetensors@3), STORE_URL::ADDRESS, "
+                    "or a local path starting with ./ or /")  # fmt: skip
+    sp.add_argument("b", nargs="?", metavar="B", help="the model to compare with A, as A")
+    sp.add_argument("--series", metavar="SPEC",
+                    help="PATH (all its versions), PATH@N..M, or PREFIX/ of checkpoints")  # fmt: skip
+    sp.add_argument("--numbers", action="store_true",
+                    help="with --series: measure each change (default: changed or not, from "
+                    "block ids alone)")  # fmt: skip
+    sp.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    sp.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
+    sp.add_argument("--rename", action="append", metavar="OLD=NEW",
+                    help="tensor-name prefix map, e.g. 'model.=' (repeatable)")  # fmt: skip
+    sp.add_argument("--top", type=positive_int, default=20, metavar="N",
+                    help="show the N tensors that changed most (default 20)")  # fmt: skip
+    sp.add_argument("--all", action="store_true", help="show every tensor that differs")
+    sp.add_argument("--csv", action="store_true", help="one row per tensor, comma-separated")
+    sp.add_argument("--plot", metavar="FILE.png",
+                    help="a heatmap of relative change by layer and module kind")  # fmt: skip
+    sp.add_argument("--fail-if", metavar="EXPR",
+                    help="exit 4 if any tensor matches, e.g. \"rel_l2 > 1e-3\"")  # fmt: skip
     return p
 
 
