@@ -292,3 +292,26 @@ def test_gguf_files_compare_quantized_tensors_by_their_values(tmp_path: Path) ->
     assert by_name["blk.1.ffn.weight"].dtype_a == "GGUF_Q8_0"
     assert 0 < by_name["blk.1.ffn.weight"].stats.rel_l2 < 0.2  # dequantized, then compared
     assert ("general.architecture", "llama", "mistral") in [(c.key, c.a, c.b) for c in d.metadata]
+
+
+def test_a_series_over_a_prefix_takes_its_checkpoints_in_natural_order(
+    client: modelfs.Client,
+) -> None:
+    from modelfs.models import encode_model
+
+    base = {f"model.layers.{i}.w": np.full(4, i, np.float32) for i in range(3)}
+    for step in (1, 2, 10):
+        tensors = dict(base)
+        tensors["model.layers.2.w"] = np.full(4, step, np.float32)  # only layer 2 trains
+        client.put(f"run/step-{step}/model.safetensors", encode_model(tensors))
+        client.put(f"run/step-{step}/config.json", b'{"step": %d}' % step)
+
+    series = compare_series("run/", store=client)
+
+    assert [m.split("@")[0] for m in series.models] == ["run/step-1", "run/step-2", "run/step-10"]
+    assert series.layer_drift() == {"0": [0.0, 0.0], "1": [0.0, 0.0], "2": [1.0, 1.0]}
+    assert [c.key for c in series.steps[1].diff.configs["config.json"]] == ["step"]
+    with pytest.raises(InvalidArgumentError, match="two versions or more"):
+        compare_series("run/step-1/model.safetensors", store=client)
+    with pytest.raises(NotFoundError, match="nothing stored under it"):
+        compare_series("nothing/", store=client)

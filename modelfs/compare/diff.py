@@ -263,11 +263,23 @@ def diff_models(
         result.files = _file_diffs(
             a, b, set(a.files) - model_names, set(b.files) - model_names, bytes_diff=False
         )
+    to_read = []
     for t in result.tensors:
         if t.status in (ADDED, REMOVED, INCOMPARABLE):
             continue
         pa, pb = tensors_a[t.name], tensors_b[t.name]
-        _compare_pair(t, pa, pb, options, result)
+        if _decide_without_reading(t, pa, pb, options):
+            if progress is not None:
+                progress(pa.info.nbytes + pb.info.nbytes)
+        else:
+            to_read.append((t, pa, pb))
+    for i, (t, pa, pb) in enumerate(to_read):
+        if i + 1 < len(to_read):  # a run of small changed tensors: one round trip each, overlapped
+            _prefetch_start(*to_read[i + 1][1:], options)
+        t.decided_by = "data"
+        t.stats = _delta(pa, pb, options, result)
+        if t.stats.identical and t.status == CHANGED:
+            t.status = IDENTICAL
         if progress is not None:
             progress(pa.info.nbytes + pb.info.nbytes)
     return result
@@ -533,9 +545,11 @@ def identical_without_reading(pa: TensorPlace, pb: TensorPlace) -> str | None:
     return None
 
 
-def _compare_pair(
-    t: TensorDiff, pa: TensorPlace, pb: TensorPlace, options: Options, result: ModelDiff
-) -> None:
+def _decide_without_reading(
+    t: TensorDiff, pa: TensorPlace, pb: TensorPlace, options: Options
+) -> bool:
+    """Settle what needs no tensor data (identity from blocks or hashes; without numbers,
+    a difference of blocks); False if the pair must be read."""
     a, b = pa.info, pb.info
     if a.shape != b.shape:
         t.status = RESHAPED
@@ -545,14 +559,19 @@ def _compare_pair(
     if how is not None:
         t.status, t.decided_by = IDENTICAL, how
         t.stats = DeltaStats.unread_identical(_elements(a))
-        return
+        return True
     if not options.numbers and pa.file.manifest is not None and pb.file.manifest is not None:
         t.decided_by = "blocks"  # its blocks differ; no tensor data is read
-        return
-    t.decided_by = "data"
-    t.stats = _delta(pa, pb, options, result)
-    if t.stats.identical and t.status == CHANGED:
-        t.status = IDENTICAL
+        return True
+    return False
+
+
+def _prefetch_start(pa: TensorPlace, pb: TensorPlace, options: Options) -> None:
+    """Start fetching the first chunk of a pair that will be read next."""
+    for place in (pa, pb):
+        span, prefetch = place.info.span, place.file.prefetch
+        if span is not None and prefetch is not None:
+            prefetch(span.start, min(span.end - span.start, options.chunk_bytes))
 
 
 def _is_quantized(info: TensorInfo) -> bool:
