@@ -120,6 +120,7 @@ class _Absent:
 
 
 ABSENT: Any = _Absent()
+WHOLE = "(the whole file)"  # the key of a change of a JSON document's top level
 
 
 @dataclass
@@ -247,8 +248,11 @@ def diff_models(
         result.files = _file_diffs(a, b, set(a.files), set(b.files))
         return result
     if not tensors_a or not tensors_b:
-        empty = a.label if not tensors_a else b.label
-        raise FormatError(f"{empty} holds no tensors that modelfs reads, the other side does")
+        empty, other = (a.label, b.label) if not tensors_a else (b.label, a.label)
+        raise FormatError(
+            f"{empty} holds no tensors that modelfs reads (safetensors, torch.save or GGUF), "
+            f"but {other} does: compare two models, or two files of any kind"
+        )
     _structure(result, tensors_a, tensors_b)
     result.metadata = _metadata_changes(files_a, files_b)
     if a.is_dir or b.is_dir:
@@ -416,9 +420,15 @@ def _elements(info: TensorInfo) -> int:
 
 
 def _metadata_changes(a: Mapping[str, ModelLayout], b: Mapping[str, ModelLayout]) -> list[Change]:
-    meta_a = {f"{n}:{k}" if n else k: v for n, lay in a.items() for k, v in lay.metadata.items()}
-    meta_b = {f"{n}:{k}" if n else k: v for n, lay in b.items() for k, v in lay.metadata.items()}
-    return _json_changes(meta_a, meta_b)
+    """Metadata keys, each under its file's name when a side has several model files (a
+    directory of one model.safetensors compares with a single file key by key)."""
+
+    def keyed(layouts: Mapping[str, ModelLayout]) -> dict[str, Any]:
+        several = len(layouts) > 1
+        return {f"{name}:{k}" if several else k: v
+                for name, lay in layouts.items() for k, v in lay.metadata.items()}  # fmt: skip
+
+    return _json_changes(keyed(a), keyed(b))
 
 
 def _read_json(model: Model, name: str) -> Any:
@@ -434,7 +444,7 @@ def _read_json(model: Model, name: str) -> Any:
 def _json_changes(a: Any, b: Any, key: str = "") -> list[Change]:
     """The differences between two JSON values, as key paths (`a.b[2]`)."""
     if a is ABSENT or b is ABSENT:
-        return [] if a is b else [Change(key, a, b)]
+        return [] if a is b else [Change(key or WHOLE, a, b)]
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
@@ -451,7 +461,7 @@ def _json_changes(a: Any, b: Any, key: str = "") -> list[Change]:
                 for c in _json_changes(x, y, f"{key}[{i}]")]  # fmt: skip
     if a == b and type(a) is type(b):
         return []
-    return [Change(key, a, b)]
+    return [Change(key or WHOLE, a, b)]
 
 
 def _jsonable(value: Any) -> Any:
