@@ -16,7 +16,9 @@ its output, on a fresh store in ./demo-store:
    checkpoint through the mount as a Hugging Face directory, record its loss
    as a metric, select the best with `modelfs select ... --alias champion`, and
    load exactly that version with transformers from demo-mnt/.modelfs/at/run@champion;
-   then unmount.
+8. compare the champion with the original tensor by tensor (`modelfs diff`:
+   only layer 5 and the pooler were trained, and only they are read), and see
+   the drift over the checkpoints (`modelfs diff --series run/`); then unmount.
 """
 
 from __future__ import annotations
@@ -172,6 +174,12 @@ def select_demo() -> None:
         if not same:
             sys.exit("demo failed: the model loaded through the alias is not the selected one")
         modelfs("alias", "log", STORE, "run", "champion", *c)
+        print("\n>>> which layers did the fine-tune touch? Only tensors whose blocks differ "
+              "are read")  # fmt: skip
+        out = modelfs("diff", STORE, "minilm/model.safetensors", "run@champion", "--top", "5", *c)
+        if "untouched: 5 of 7 layers (0, 1, 2, 3, 4)" not in out:
+            sys.exit("demo failed: the frozen fine-tune changed layers it should not have")
+        modelfs("diff", STORE, "--series", "run/", *c)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

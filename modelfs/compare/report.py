@@ -421,7 +421,11 @@ def version_labels(models: Sequence[str]) -> list[str]:
     paths = {p.rpartition("@")[0] for p in pinned}
     if len(paths) == 1 and all("@" in p for p in pinned) and "" not in paths:
         return ["@" + p.rpartition("@")[2] for p in pinned]
-    return [p.rstrip("/").rsplit("/", 1)[-1] for p in pinned]
+    # A live directory's pinned address ends in its content hash: its name says enough.
+    last = [p.rstrip("/").rsplit("/", 1)[-1].split("@blake3:", 1)[0] for p in pinned]
+    return (
+        last if len(set(last)) == len(last) else [p.rstrip("/").rsplit("/", 1)[-1] for p in pinned]
+    )
 
 
 def series_text(series: Series) -> str:
