@@ -29,6 +29,7 @@ import blake3
 
 from ..client import Client, open_store
 from ..errors import InvalidArgumentError, NotFoundError
+from ..store import Version
 from ..store.manifest import Manifest
 from ..store.paths import version_address
 from ..store.snapshots import join
@@ -140,15 +141,17 @@ class Opener:
             return Model(label, False, {"": _store_file(client, "", resolved.path, resolved.entry)})
         snap = resolved.snapshot
         assert snap is not None
-        files = {}
-        for f in snap.files:
+
+        def one(f) -> ModelFile:  # a ref and a manifest: on the store's request threads
             path = join(snap.path, f.path)
-            version = client.store.version(path, f.version)
-            files[f.path] = _store_file(client, f.path, path, version)
+            return _store_file(client, f.path, path, client.store.version(path, f.version))
+
+        files = dict(zip([f.path for f in snap.files], client.store.map_io(one, snap.files),
+                         strict=True))  # fmt: skip
         return Model(label, True, files)
 
 
-def _store_file(client: Client, name: str, path: str, version) -> ModelFile:
+def _store_file(client: Client, name: str, path: str, version: Version) -> ModelFile:
     if version.manifest is None:
         raise NotFoundError(f"{version_address(path, version.version)} is a deletion")
     manifest = client.store.load_manifest(version.manifest)
