@@ -39,11 +39,35 @@ so a slow or noisy machine moves both; each timed measurement is repeated
    path of 1 and of 10,000 versions. On a local store, and with --s3 on
    SeaweedFS too. The versions are written as the objects their commits would
    have left (see _selection_fixture), not committed one by one.
+8. Comparing models (also alone with --diff; with --s3 it follows section 7
+   on its server; always on SeaweedFS, since its figures are S3 requests):
+   two versions of one path, a generated fp32 file of --diff-size (1G) whose
+   perturbed MiniLM copies are renumbered into one deep stack of layers
+   (encoder.layer.0 to 72 at 1G), where 10% of the tensors, spread evenly
+   over the file, changed. `modelfs diff STORE PATH@1 PATH@2 --json` in a
+   fresh process with an empty cache, against the baseline a user would
+   write: safetensors.numpy.load_file of both local files, then max |b-a|,
+   mean |b-a|, ||b-a||/||a|| and cosine of every tensor with numpy, also in a
+   fresh process; the page cache dropped before each. Wall time and peak RSS
+   (VmHWM) of each process; the body bytes of every S3 GET modelfs made
+   (counted at S3Backend.get in its process), against the stored bytes of
+   the changed tensors' blocks on both sides. res["diff"]: changed_tensors,
+   changed_stored_bytes; modelfs and baseline {seconds, peak_rss_bytes:
+   {values, median, min, max}}, modelfs {get_bytes, requests (HTTP, by
+   method), found_the_changed_tensors, max_rel_l2_error_vs_numpy}; ratios
+   {get_bytes_vs_changed_stored, baseline_seconds_vs_modelfs,
+   peak_rss_vs_baseline}; targets {bytes_met, faster_met, rss_met}. Then
+   compare_series over --diff-versions (100) versions of a 16 MiB file, each
+   committed with client.put and changing 3 tensors of the one before, from
+   block ids alone (no numbers), in a fresh process: res["diff"]["series"]
+   {steps, compare_seconds, process_seconds, requests, get_bytes,
+   tensor_bytes_read, only_headers_fetched, found_the_changed_tensors}.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
     .venv/bin/python scripts/bench.py --s3-requests 1,2,4,8,16,32 [--size 512M] \
         [--s3-latency-ms 20]
     .venv/bin/python scripts/bench.py --selection [--s3] [--selection-versions 1,100,10000]
+    .venv/bin/python scripts/bench.py --diff [--diff-size 1G] [--diff-versions 100]
 
 Caveats:
 - Cold reads are only cold if the page cache can be dropped: as root through
@@ -98,6 +122,7 @@ MB = 1e6  # throughput and sizes are reported in decimal megabytes
 ZSTD_LEVEL = 3
 PERTURBATION = 1e-3  # fine-tune-like change: w + PERTURBATION * std(w) * N(0, 1)
 FINE_TUNED_PREFIX = "encoder.layer.5."  # the top layer; its LayerNorms stay frozen
+MINILM_LAYERS = 6
 PACKAGES = ("modelfs", "numpy", "zstandard", "blake3", "xxhash", "pyfastcdc", "safetensors")
 
 
@@ -220,12 +245,31 @@ def make_fine_tuned(src: Path, dst: Path, rng: np.random.Generator) -> list[Tens
     return changed
 
 
-def make_big_file(src: Path, dst: Path, target: int, rng: np.random.Generator) -> dict[str, Any]:
+def copy_name(copy: int, name: str) -> str:
+    return f"copy{copy:03d}.{name}"
+
+
+def layer_name(copy: int, name: str) -> str:
+    """Copy `copy` of MiniLM's tensor `name`, its encoder layer renumbered after the copies
+    before it (encoder.layer.{6 * copy + i}): a file of copies is then one deep model, with
+    a layer index in most names; the embeddings and pooler of each copy keep a prefix."""
+    parts = name.split(".")
+    if parts[:2] == ["encoder", "layer"]:
+        parts[2] = str(MINILM_LAYERS * copy + int(parts[2]))
+        return ".".join(parts)
+    return copy_name(copy, name)
+
+
+def make_big_file(
+    src: Path, dst: Path, target: int, rng: np.random.Generator,
+    names: Callable[[int, str], str] = copy_name,
+) -> dict[str, Any]:  # fmt: skip
     """About `target` bytes of fp32 tensors: copies of MiniLM's, each perturbed independently.
 
     Copies are added tensor by tensor while they fit, so the file is within a
     small tensor of the target. Generated tensor by tensor: the peak memory is
-    a few times the largest tensor (47 MB), not the file.
+    a few times the largest tensor (47 MB), not the file. names(copy, name)
+    names each copy's tensors (copyNNN.name by default).
     """
     floats = [e for e in read_entries(src) if e.dtype == "F32"]
     plan: list[tuple[int, TensorEntry]] = []
@@ -249,7 +293,7 @@ def make_big_file(src: Path, dst: Path, target: int, rng: np.random.Generator) -
             yield perturb(originals[e.name], rng)
 
     size = write_safetensors(
-        dst, [(f"copy{c:03d}.{e.name}", "F32", e.shape, e.nbytes) for c, e in plan], chunks()
+        dst, [(names(c, e.name), "F32", e.shape, e.nbytes) for c, e in plan], chunks()
     )
     return {
         "bytes": size,
@@ -1271,6 +1315,455 @@ def report_selection(sel: dict[str, Any]) -> list[str]:
     return lines
 
 
+# comparing models
+
+
+DIFF_FRACTION = 0.10  # of the tensors, by count, changed in the second version
+DIFF_PATH = "diff/model.safetensors"
+SERIES_PATH = "series/model.safetensors"
+SERIES_SIZE = 16 << 20  # each version of the series' file
+SERIES_CHANGED = 3  # tensors changed from one version of the series to the next
+DIFF_TARGETS = {"get_bytes_vs_changed_stored": 1.1, "peak_rss_bytes": 300 << 20}
+
+# Run in a fresh process for each measurement: a cold cache, and a peak RSS of its own.
+# Counts the body bytes of every S3 GET (ranged or whole) and the HTTP requests of every
+# S3Backend the process makes, then runs `modelfs diff ARGS...` (mode cli) or
+# compare_series (mode series); writes its figures as JSON to the file OUT.
+PEAK_RSS = """
+def peak_rss():  # this process's own: ru_maxrss would count the parent's RSS at the fork
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmHWM:"))
+"""
+DIFF_CHILD = (
+    PEAK_RSS
+    + """
+import json, sys, threading, time
+t0 = time.perf_counter()
+from modelfs.backends import s3
+
+lock, got, backends = threading.Lock(), {"get_bytes": 0, "gets": 0}, []
+init, get, get_with_etag = s3.S3Backend.__init__, s3.S3Backend.get, s3.S3Backend.get_with_etag
+
+
+def count(n):
+    with lock:
+        got["get_bytes"] += n
+        got["gets"] += 1
+
+
+def counting_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    backends.append(self)
+
+
+def counting_get(self, key, byte_range=None):
+    data = get(self, key, byte_range)
+    if byte_range is not None:  # a whole-object get goes through get_with_etag: counted there
+        count(len(data))
+    return data
+
+
+def counting_get_with_etag(self, key):
+    data, etag = get_with_etag(self, key)
+    count(len(data))
+    return data, etag
+
+
+s3.S3Backend.__init__, s3.S3Backend.get = counting_init, counting_get
+s3.S3Backend.get_with_etag = counting_get_with_etag
+out, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+figures = {}
+t1 = time.perf_counter()
+if mode == "cli":
+    from modelfs.cli import main
+
+    figures["rc"] = main(args)
+    sys.stdout.flush()
+else:
+    from modelfs import open_store
+    from modelfs.compare.series import compare_series
+
+    url, spec, cache_dir = args
+    with open_store(url, cache_dir=cache_dir) as client:
+        t1 = time.perf_counter()
+        series = compare_series(spec, store=client)
+        figures["compare_seconds"] = time.perf_counter() - t1
+        stats = client.reader.stats
+        figures.update(
+            steps=len(series.steps),
+            changed=[sorted(t.name for t in s.diff.tensors if t.status != "identical")
+                     for s in series.steps],
+            tensor_bytes_read=sum(s.diff.bytes_read for s in series.steps),
+            blocks_fetched=stats.blocks_fetched, block_bytes_fetched=stats.bytes_fetched,
+        )
+    figures["rc"] = 0
+requests = {}
+for backend in backends:
+    for method, n in backend.request_counts().items():
+        requests[method] = requests.get(method, 0) + n
+figures.update(
+    got, requests=requests, seconds=time.perf_counter() - t0,
+    run_seconds=time.perf_counter() - t1,
+    peak_rss_bytes=peak_rss(),
+)
+with open(out, "w") as f:
+    json.dump(figures, f)
+"""
+)
+
+# The baseline a user would write: both versions loaded whole from local files, then
+# every tensor's statistics with numpy. Prints its figures and the changed tensors' as JSON.
+DIFF_BASELINE = (
+    PEAK_RSS
+    + """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from safetensors.numpy import load_file
+
+a = load_file(sys.argv[1])
+b = load_file(sys.argv[2])
+t1 = time.perf_counter()
+changed = {}
+for name, x in a.items():
+    y = b[name]
+    d = y - x
+    ad = np.abs(d)
+    row = {
+        "max_abs": float(ad.max()),
+        "mean_abs": float(ad.mean()),
+        "rel_l2": float(np.linalg.norm(d) / np.linalg.norm(x)),
+        "cosine": float(np.dot(x.ravel(), y.ravel()) / (np.linalg.norm(x) * np.linalg.norm(y))),
+    }
+    if row["max_abs"] > 0:
+        changed[name] = row
+t2 = time.perf_counter()
+print(json.dumps({
+    "tensors": len(a), "changed": changed, "seconds": t2 - t0, "load_seconds": t1 - t0,
+    "stats_seconds": t2 - t1,
+    "peak_rss_bytes": peak_rss(),
+}))
+"""
+)
+
+
+def _changed(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """perturb(arr), or noise of PERTURBATION if arr is constant (std 0: MiniLM's
+    pooler.dense.bias is all zeros), so that a tensor chosen to change always does."""
+    out = perturb(arr, rng)
+    if np.array_equal(out, arr):
+        out = arr + rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(PERTURBATION)
+    return out
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n): one in the middle of each k-th of it."""
+    return [int((j + 0.5) * n / k) for j in range(k)]
+
+
+def _stored_bytes(manifest: Any, spans: Iterable[tuple[int, int]]) -> int:
+    """Stored (compressed) bytes of the distinct blocks holding file bytes [start, end)
+    of each span: what reading those spans must fetch, at least."""
+    blocks = {
+        b.location.block_id: b.location.stored_length
+        for start, end in spans
+        for b in manifest.blocks_for(start, end - start)
+    }
+    return sum(blocks.values())
+
+
+def _median_run(values: list[float]) -> dict[str, Any]:
+    return {
+        "values": values, "median": statistics.median(values), "min": min(values),
+        "max": max(values),
+    }  # fmt: skip
+
+
+def _run_child(
+    work: Path, name: str, mode: str, args: list[str]
+) -> tuple[float, dict[str, Any], str]:
+    """(process wall seconds, the child's figures, its stdout) of one DIFF_CHILD run."""
+    out = work / f"{name}.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", DIFF_CHILD, str(out), mode, *args],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(
+            f"bench: {mode} {args} failed ({proc.returncode}): {proc.stderr[-3000:]}"
+        )
+    figures = json.loads(out.read_text())
+    out.unlink()
+    if figures["rc"] != 0:
+        raise RuntimeError(f"bench: modelfs diff {args} exited {figures['rc']}: {proc.stderr}")
+    return wall, figures, proc.stdout
+
+
+def diff_section(
+    work: Path, server: Any, size: int, versions: int, repeats: int, cache: PageCache,
+    seed: int, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Comparing models on SeaweedFS: `modelfs diff` of two versions of a --diff-size
+    file where DIFF_FRACTION of the tensors changed, against safetensors load_file of
+    both local files and numpy; and compare_series over `versions` versions of a small
+    file, from block ids alone. Every measurement runs in a fresh process (a cold cache,
+    its own peak RSS), the page cache dropped before; the baseline and modelfs alternate.
+    """
+    rng = np.random.default_rng(seed + 8)
+    fp32 = minilm_path()
+    url = f"s3://{server.new_bucket()}/diff"
+    data_dir = server.root / "data"
+    a_file, b_file = work / "diff-a.safetensors", work / "diff-b.safetensors"
+    log(f"generating two {size / MB:.0f} MB versions, {DIFF_FRACTION:.0%} of the tensors changed")
+    info = make_big_file(fp32, a_file, size, rng, names=layer_name)
+    entries = read_entries(a_file)
+    changed = [
+        entries[i] for i in _spread(len(entries), max(1, round(len(entries) * DIFF_FRACTION)))
+    ]
+    shutil.copyfile(a_file, b_file)
+    with open(b_file, "r+b") as f:
+        for e in changed:
+            f.seek(e.start)
+            f.write(_changed(load_array(a_file, e), rng).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    header_end = entries[0].start
+    t0 = time.perf_counter()
+    with modelfs.open_store(url, create=True, use_disk_cache=False) as client:
+        put_a, put_b = client.put(DIFF_PATH, a_file), client.put(DIFF_PATH, b_file)
+        manifests = [client.store.load_manifest(p.manifest) for p in (put_a, put_b)]
+    put_seconds = time.perf_counter() - t0
+    spans = [(e.start, e.end) for e in changed]
+    stored = [_stored_bytes(m, spans) for m in manifests]
+    header_stored = sum(_stored_bytes(m, [(0, header_end)]) for m in manifests)
+    changed_stored = sum(stored)
+    expected = {e.name for e in changed}
+
+    walls: dict[str, list[float]] = collections.defaultdict(list)
+    runs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    diff_json: dict[str, Any] = {}
+
+    def modelfs_diff(r: int) -> None:
+        cache_dir = work / f"diff-cache-{r}"
+        cache.drop(data_dir)
+        wall, figures, stdout = _run_child(
+            work, "diff", "cli",
+            ["diff", url, f"{DIFF_PATH}@1", f"{DIFF_PATH}@2", "--json", "--cache-dir",
+             str(cache_dir)],
+        )  # fmt: skip
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        walls["modelfs"].append(wall)
+        runs["modelfs"].append(figures)
+        diff_json.update(json.loads(stdout))
+        log(f"  modelfs diff     {wall:7.2f} s  {figures['get_bytes'] / MB:8.1f} MB in "
+            f"{figures['gets']} GETs  peak RSS {figures['peak_rss_bytes'] / MB:.0f} MB")  # fmt: skip
+
+    def baseline(r: int) -> None:
+        cache.drop(a_file, b_file)
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", DIFF_BASELINE, str(a_file), str(b_file)],
+            capture_output=True, text=True, check=True, timeout=1800,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        figures = json.loads(proc.stdout)
+        walls["baseline"].append(wall)
+        runs["baseline"].append(figures)
+        log(f"  load_file+numpy  {wall:7.2f} s  (load {figures['load_seconds']:.2f} s, stats "
+            f"{figures['stats_seconds']:.2f} s)  peak RSS {figures['peak_rss_bytes'] / MB:.0f} MB")  # fmt: skip
+
+    for r in range(repeats):
+        log(f"diff repeat {r + 1}/{repeats}")
+        for measure in (baseline, modelfs_diff) if r % 2 == 0 else (modelfs_diff, baseline):
+            measure(r)
+
+    # Agreement: modelfs found the changed tensors, and its numbers match numpy's.
+    tensors = {t["name"]: t for t in diff_json["tensors"]}
+    found = {n for n, t in tensors.items() if t["status"] != "identical"}
+    numpy_rows = runs["baseline"][0]["changed"]
+
+    def rel_error(name: str, theirs: float) -> float:
+        ours = float(tensors[name]["stats"]["rel_l2"])  # "inf" where A is all zeros
+        if not np.isfinite(theirs) or theirs == 0:
+            return 0.0 if ours == theirs else float("inf")
+        return abs(ours - theirs) / theirs
+
+    rel_errors = [rel_error(n, row["rel_l2"]) for n, row in numpy_rows.items() if n in tensors]
+    m, b = runs["modelfs"], runs["baseline"]
+    get_bytes = _median_run([x["get_bytes"] for x in m])
+    m_rss = _median_run([x["peak_rss_bytes"] for x in m])
+    t_m, t_b = _median_run(walls["modelfs"]), _median_run(walls["baseline"])
+    out: dict[str, Any] = {
+        "file": {**info, "bytes": a_file.stat().st_size},
+        "tensors": len(entries),
+        "changed_tensors": len(changed),
+        "changed_tensor_bytes": sum(e.nbytes for e in changed),
+        "changed_stored_bytes": changed_stored,
+        "changed_stored_bytes_a": stored[0],
+        "changed_stored_bytes_b": stored[1],
+        "header_stored_bytes": header_stored,
+        "stored_bytes_a": sum(x.location.stored_length for x in manifests[0].blocks),
+        "put_seconds": put_seconds,
+        "uploaded_bytes_b": put_b.uploaded_bytes,
+        "modelfs": {
+            "command": f"modelfs diff STORE {DIFF_PATH}@1 {DIFF_PATH}@2 --json --cache-dir EMPTY",
+            "seconds": t_m,
+            "in_process_seconds": _median_run([x["seconds"] for x in m]),
+            "peak_rss_bytes": m_rss,
+            "get_bytes": get_bytes,
+            "get_calls": m[0]["gets"],
+            "requests": m[0]["requests"],
+            "requests_same_every_run": all(x["requests"] == m[0]["requests"] for x in m),
+            "tensor_bytes_read": diff_json["bytes_read"],
+            "counts": diff_json["counts"],
+            "found_the_changed_tensors": found == expected,
+            "max_rel_l2_error_vs_numpy": max(rel_errors, default=0.0),
+        },
+        "baseline": {
+            "how": "safetensors.numpy.load_file of both local files, then per tensor with "
+            "numpy (float32): max |b-a|, mean |b-a|, ||b-a||/||a||, cosine",
+            "seconds": t_b,
+            "load_seconds": _median_run([x["load_seconds"] for x in b]),
+            "stats_seconds": _median_run([x["stats_seconds"] for x in b]),
+            "peak_rss_bytes": _median_run([x["peak_rss_bytes"] for x in b]),
+            "changed_tensors_found": len(numpy_rows),
+        },
+        "ratios": {
+            "get_bytes_vs_changed_stored": get_bytes["median"] / changed_stored,
+            "baseline_seconds_vs_modelfs": t_b["median"] / t_m["median"],
+            "peak_rss_vs_baseline": m_rss["median"]
+            / statistics.median(x["peak_rss_bytes"] for x in b),
+        },
+    }
+    r_ = out["ratios"]
+    out["targets"] = {
+        "get_bytes_vs_changed_stored_at_most": DIFF_TARGETS["get_bytes_vs_changed_stored"],
+        "peak_rss_bytes_under": DIFF_TARGETS["peak_rss_bytes"],
+        "bytes_met": r_["get_bytes_vs_changed_stored"]
+        <= DIFF_TARGETS["get_bytes_vs_changed_stored"],
+        "faster_met": r_["baseline_seconds_vs_modelfs"] > 1,
+        "rss_met": m_rss["median"] < DIFF_TARGETS["peak_rss_bytes"],
+    }
+    a_file.unlink()
+    b_file.unlink()
+    out["series"] = series_section(work, server, fp32, versions, repeats, cache, rng, log)
+    return out
+
+
+def series_section(
+    work: Path, server: Any, fp32: Path, versions: int, repeats: int, cache: PageCache,
+    rng: np.random.Generator, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """compare_series over `versions` versions of a SERIES_SIZE file, each changing
+    SERIES_CHANGED tensors of the one before, committed one by one with client.put."""
+    url = f"s3://{server.new_bucket()}/series"
+    source = work / "series.safetensors"
+    info = make_big_file(fp32, source, SERIES_SIZE, rng, names=layer_name)
+    entries = read_entries(source)
+    data = bytearray(source.read_bytes())
+    source.unlink()
+    log(f"committing {versions} versions of a {len(data) / MB:.0f} MB file")
+    expected, header = [], set()
+    t0 = time.perf_counter()
+    with modelfs.open_store(url, create=True, use_disk_cache=False) as client:
+        for v in range(1, versions + 1):
+            if v > 1:
+                picked = [
+                    entries[i] for i in rng.choice(len(entries), SERIES_CHANGED, replace=False)
+                ]
+                for e in picked:
+                    view = np.frombuffer(data, np.float32, e.nbytes // 4, e.start)
+                    view[:] = _changed(view, rng)
+                expected.append(sorted(e.name for e in picked))
+            put = client.put(SERIES_PATH, data)
+            manifest = client.store.load_manifest(put.manifest)
+            header.update(
+                (b.location.block_id, b.length) for b in manifest.blocks_for(0, entries[0].start)
+            )
+    setup = time.perf_counter() - t0
+    header_bytes = sum(n for _, n in header)
+    walls, runs = [], []
+    for r in range(repeats):
+        cache_dir = work / f"series-cache-{r}"
+        cache.drop(server.root / "data")
+        wall, figures, _ = _run_child(work, "series", "series", [url, SERIES_PATH, str(cache_dir)])
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        walls.append(wall)
+        runs.append(figures)
+        log(f"  series of {versions}: {figures['compare_seconds']:.2f} s in compare_series "
+            f"({wall:.2f} s process), {figures['requests'].get('GET', 0)} GETs, "
+            f"{figures['get_bytes'] / MB:.2f} MB")  # fmt: skip
+    x = runs[0]
+    return {
+        "versions": versions,
+        "file": {**info, "bytes": len(data)},
+        "tensors_changed_per_version": SERIES_CHANGED,
+        "setup_seconds": setup,
+        "steps": x["steps"],
+        "compare_seconds": _median_run([y["compare_seconds"] for y in runs]),
+        "process_seconds": _median_run(walls),
+        "peak_rss_bytes": _median_run([y["peak_rss_bytes"] for y in runs]),
+        "requests": x["requests"],
+        "get_calls": x["gets"],
+        "get_bytes": _median_run([y["get_bytes"] for y in runs]),
+        "tensor_bytes_read": x["tensor_bytes_read"],
+        "blocks_fetched": x["blocks_fetched"],
+        "block_bytes_fetched": x["block_bytes_fetched"],
+        "header_bytes": header_bytes,
+        "only_headers_fetched": x["tensor_bytes_read"] == 0
+        and x["block_bytes_fetched"] <= header_bytes,
+        "found_the_changed_tensors": x["changed"] == expected,
+    }
+
+
+def report_diff(d: dict[str, Any]) -> list[str]:
+    m, b, r, t, s = d["modelfs"], d["baseline"], d["ratios"], d["targets"], d["series"]
+
+    def spread(x: dict[str, Any], scale: float = 1.0, fmt: str = ".2f") -> str:
+        return f"{x['median'] / scale:{fmt}} ({x['min'] / scale:{fmt}}-{x['max'] / scale:{fmt}})"
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    f = d["file"]
+    return [
+        "",
+        f"Comparing models on SeaweedFS: two versions of a {fmt_mb(f['bytes'])} MB fp32 file "
+        f"({d['tensors']} tensors), {d['changed_tensors']} changed ({fmt_mb(d['changed_tensor_bytes'])}"
+        " MB each side); a fresh process each run",
+        f"  changed tensors' blocks, stored: {fmt_mb(d['changed_stored_bytes'])} MB (both sides; "
+        f"headers {d['header_stored_bytes'] / 1e3:.0f} kB more)",
+        f"  {'measurement':<40}{'s, median (min-max)':>24}{'peak RSS MB':>22}",
+        f"  {'modelfs diff A B --json (cold cache)':<40}{spread(m['seconds']):>24}"
+        f"{spread(m['peak_rss_bytes'], MB, '.0f'):>22}",
+        f"  {'load_file both + numpy (baseline)':<40}{spread(b['seconds']):>24}"
+        f"{spread(b['peak_rss_bytes'], MB, '.0f'):>22}",
+        f"  (baseline: load {b['load_seconds']['median']:.2f} s, numpy "
+        f"{b['stats_seconds']['median']:.2f} s; modelfs inside its process "
+        f"{m['in_process_seconds']['median']:.2f} s)",
+        f"  bytes fetched (S3 GET bodies): {spread(m['get_bytes'], MB)} MB in {m['requests'].get('GET', 0)} GETs, "
+        f"{r['get_bytes_vs_changed_stored']:.3f}x the changed tensors' stored bytes "
+        f"(target <= {t['get_bytes_vs_changed_stored_at_most']}x: {met(t['bytes_met'])})",
+        f"  time: baseline / modelfs {r['baseline_seconds_vs_modelfs']:.2f}x (target > 1: "
+        f"{met(t['faster_met'])}); peak RSS {m['peak_rss_bytes']['median'] / 2**20:.0f} MiB "
+        f"(target < {t['peak_rss_bytes_under'] >> 20} MiB: {met(t['rss_met'])}), "
+        f"{r['peak_rss_vs_baseline']:.2f}x the baseline's",
+        f"  (HTTP requests {m['requests']}; found the changed tensors: "
+        f"{m['found_the_changed_tensors']}; rel_l2 vs numpy within {m['max_rel_l2_error_vs_numpy']:.1e})",
+        f"  series of {s['versions']} versions of a {fmt_mb(s['file']['bytes'])} MB file "
+        f"({s['tensors_changed_per_version']} tensors changed per version), from block ids: "
+        f"{spread(s['compare_seconds'])} s in compare_series, {spread(s['process_seconds'])} s "
+        "process",
+        f"  ({s['steps']} steps; {s['requests']} HTTP requests, {s['get_bytes']['median'] / MB:.2f}"
+        f" MB; tensor bytes read {s['tensor_bytes_read']}, blocks fetched {s['blocks_fetched']} "
+        f"({s['block_bytes_fetched'] / 1e3:.0f} kB, headers only: {s['only_headers_fetched']}); "
+        f"found the changed tensors: {s['found_the_changed_tensors']}; "
+        f"peak RSS {s['peak_rss_bytes']['median'] / MB:.0f} MB)",
+    ]
+
+
 # machine and report
 
 
@@ -1569,6 +2062,8 @@ def report(res: dict[str, Any]) -> str:
         lines += report_s3_requests(res["s3_requests"])
     if "selection" in res:
         lines += report_selection(res["selection"])
+    if "diff" in res:
+        lines += report_diff(res["diff"])
     return "\n".join(lines)
 
 
@@ -1612,6 +2107,12 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="LIST", help="selection: versions of the one path (1,100,10000)")  # fmt: skip
     p.add_argument("--selection-files", type=int, default=100,
                    help="selection: files in the directory selected over (100)")  # fmt: skip
+    p.add_argument("--diff", action="store_true",
+                   help="only: comparing models (modelfs diff and a series) on SeaweedFS")  # fmt: skip
+    p.add_argument("--diff-size", type=parse_size, default=1 << 30,
+                   help="comparing models: size of each of the two versions compared (1G)")  # fmt: skip
+    p.add_argument("--diff-versions", type=int, default=100,
+                   help="comparing models: versions of the series compared (100)")  # fmt: skip
     p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
@@ -1630,6 +2131,10 @@ def main(argv: list[str] | None = None) -> int:
         return peers_main(args, argv)
     if args.selection and args.s3_requests is not None:
         p.error("--selection runs alone; it cannot go with --s3-requests")
+    if args.diff and (args.selection or args.s3_requests is not None):
+        p.error("--diff runs alone; it cannot go with --selection or --s3-requests")
+    if args.diff_versions < 2:
+        p.error("--diff-versions must be at least 2")
     if args.selection_files < 1:
         p.error("--selection-files must be at least 1")
     args.selection_versions = sorted(set(args.selection_versions))
@@ -1657,6 +2162,10 @@ def main(argv: list[str] | None = None) -> int:
         return selection(work, server, args.selection_versions, args.selection_files,
                          args.repeats, args.seed, log, local=local)  # fmt: skip
 
+    def diff(server: Any) -> dict[str, Any]:
+        return diff_section(work, server, args.diff_size, args.diff_versions, args.repeats,
+                            cache, args.seed, log)  # fmt: skip
+
     def finish() -> None:
         res["loadavg_end"] = os.getloadavg()
         res["seconds"] = time.time() - started
@@ -1670,11 +2179,15 @@ def main(argv: list[str] | None = None) -> int:
             "read_chunk": CHUNK, "page_cache_drop": cache.method, "workdir": str(work),
             "s3_requests": args.s3_requests, "s3_latency_ms": args.s3_latency_ms,
             "selection_versions": args.selection_versions, "selection_files": args.selection_files,
+            "diff_size": args.diff_size, "diff_versions": args.diff_versions,
         }  # fmt: skip
         if args.selection:
             log("selection")
             with seaweedfs() if args.s3 else contextlib.nullcontext() as server:
                 res["selection"] = select_section(server)
+        elif args.diff:
+            with seaweedfs() as server:  # on S3, with or without --s3
+                res["diff"] = diff(server)
         else:
             rng = np.random.default_rng(args.seed)
             fp32 = minilm_path()
@@ -1732,6 +2245,8 @@ def main(argv: list[str] | None = None) -> int:
                         res["s3"] = s3_mount(work, big, server, args.repeats, cache, log)
                         log("selection on SeaweedFS")
                         res["selection"]["s3"] = select_section(server, local=False)["s3"]
+                        log("comparing models on SeaweedFS")
+                        res["diff"] = diff(server)
                         if args.s3_requests:
                             sweep(server)
                 if args.rss_size:

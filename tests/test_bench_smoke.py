@@ -21,7 +21,7 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
          "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3",
          "--s3-requests", "2", "--s3-latency-ms", "2", "--selection-versions", "1,100,1000",
-         "--selection-files", "10"],
+         "--selection-files", "10", "--diff-size", "16M", "--diff-versions", "3"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -92,6 +92,22 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         assert x["prefix_10"]["requests"]["total"] <= 2 * 10 + 3, kind
         assert x["commit_1"]["median_seconds"] > 0 and x["commit_1000"]["median_seconds"] > 0
     assert sel["s3"]["file_1000"]["http_requests"]["GET"] == 2  # the ref and the names record
+    # Comparing models runs in the default set with --s3.
+    assert "Comparing models" in proc.stdout
+    d = res["diff"]
+    assert 0 < d["changed_tensors"] < d["tensors"] and d["changed_stored_bytes"] > 0
+    m = d["modelfs"]
+    assert m["found_the_changed_tensors"] and m["max_rel_l2_error_vs_numpy"] < 1e-3
+    # The changed tensors' blocks, and the refs, manifests and headers (~80 kB at 16M).
+    assert 0 < m["get_bytes"]["median"] <= 1.1 * d["changed_stored_bytes"] + (256 << 10)
+    assert m["peak_rss_bytes"]["median"] > 0 and d["baseline"]["peak_rss_bytes"]["median"] > 0
+    assert d["baseline"]["changed_tensors_found"] == d["changed_tensors"]
+    assert all(d["ratios"][k] > 0 for k in ("get_bytes_vs_changed_stored",
+               "baseline_seconds_vs_modelfs", "peak_rss_vs_baseline"))  # fmt: skip
+    assert set(d["targets"]) >= {"bytes_met", "faster_met", "rss_met"}
+    s = d["series"]
+    assert s["versions"] == 3 and s["steps"] == 2 and s["found_the_changed_tensors"]
+    assert s["only_headers_fetched"] and s["tensor_bytes_read"] == 0
 
 
 @pytest.mark.slow

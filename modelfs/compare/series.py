@@ -31,6 +31,7 @@ from ..client import Client
 from ..errors import InvalidArgumentError, NotFoundError
 from ..store.addresses import parse_address
 from ..store.paths import version_address
+from ..store.refs import Version
 from ..store.registry import load_record
 from .diff import CHANGED, IDENTICAL, ModelDiff, Options, diff_models, parse_rename
 from .rollup import NO_LAYER, layer_label
@@ -121,10 +122,40 @@ class Series:
 _RANGE = re.compile(r"^(?P<path>.+)@(?P<first>\d+)\.\.(?:(?P=path)@)?(?P<last>\d+)$")
 
 
+def _file_versions(client: Client, spec: str) -> tuple[str, list[Version]] | None:
+    """A series of one file's versions (PATH, PATH@N..M): its path and versions from one
+    read of its ref; None if spec names no file's versions."""
+    m = _RANGE.match(spec)
+    text = m["path"] if m else spec
+    if spec.endswith("/") or (not m and parse_address(text).selector not in (None, "latest")):
+        return None
+    path = parse_address(text).path
+    try:
+        ref = client.store.ref(path)
+    except NotFoundError:
+        if m:
+            raise NotFoundError(f"{spec}: no such file in the store: {path}") from None
+        return None
+    if not m:
+        return path, [v for v in ref.versions if not v.deleted]
+    first, last = int(m["first"]), int(m["last"])
+    if first >= last:
+        raise InvalidArgumentError(f"{spec}: a range runs from an older version to a newer one")
+    versions = [ref.get(n) for n in range(first, last + 1)]  # NotFoundError names a gap
+    deleted = [v.version for v in versions if v.deleted]
+    if deleted:
+        raise NotFoundError(f"{spec}: version {deleted[0]} of {path} is a deletion")
+    return path, versions
+
+
 def series_addresses(client: Client, spec: str) -> list[str]:
     """The addresses of a series' versions, in order (see the module docstring)."""
+    found = _file_versions(client, spec)
+    if found is not None:
+        path, versions = found
+        return [version_address(path, v.version) for v in versions]
     m = _RANGE.match(spec)
-    if m:
+    if m:  # versions of a directory: its numbered snapshots
         first, last = int(m["first"]), int(m["last"])
         if first >= last:
             raise InvalidArgumentError(f"{spec}: a range runs from an older version to a newer one")
@@ -137,12 +168,6 @@ def series_addresses(client: Client, spec: str) -> list[str]:
             f"{spec}: a series is a PATH (all its versions), PATH@N..M, or a PREFIX/"
         )
     path = address.path
-    try:
-        ref = client.store.ref(path)
-    except NotFoundError:
-        ref = None
-    if ref is not None:
-        return [version_address(path, v.version) for v in ref.versions if not v.deleted]
     record = load_record(client.store.backend, path, is_dir=True)
     if record is not None and record.snapshots:
         return [version_address(path, s.version) for s in record.snapshots]
@@ -175,7 +200,10 @@ def compare_series(
     progress: Callable[[int], None] | None = None,
 ) -> Series:
     """Drift over a series of versions (see the module docstring)."""
-    addresses = series_addresses(store, spec)
+    found = _file_versions(store, spec)
+    addresses = series_addresses(store, spec) if found is None else [
+        version_address(found[0], v.version) for v in found[1]
+    ]  # fmt: skip
     if len(addresses) < 2:
         raise InvalidArgumentError(f"{spec}: a series needs two versions or more, it has one")
     if len(addresses) > MAX_STEPS:
@@ -186,8 +214,12 @@ def compare_series(
     with Opener(store) as opener:
         series = Series(spec, [], numbers=numbers)
         previous: Model | None = None
-        for address in addresses:
-            model = opener.open(address)
+        for i, address in enumerate(addresses):
+            model = (
+                opener.open(address)
+                if found is None
+                else opener.file_version(found[0], found[1][i])
+            )
             series.models.append(model.label)
             if previous is not None:
                 diff = diff_models(previous, model, options)
