@@ -364,3 +364,31 @@ def test_a_series_over_a_prefix_takes_its_checkpoints_in_natural_order(
         compare_series("run/step-1/model.safetensors", store=client)
     with pytest.raises(NotFoundError, match="nothing stored under it"):
         compare_series("nothing/", store=client)
+
+
+def test_a_repository_with_safetensors_and_other_checkpoints_compares_the_safetensors(
+    client: modelfs.Client, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    from modelfs.models import encode_model
+
+    def save(version: int) -> None:
+        w = {"conv_in.weight": np.full(4, version, np.float32)}
+        client.put("hf/model.safetensors", encode_model({"x.w": np.full(4, version, np.float32)}))
+        torch.save({"lr": 0.1 * version}, tmp_path / "args.bin")  # no tensors: not weights
+        client.put("hf/training_args.bin", tmp_path / "args.bin")
+        client.put("pipe/unet/diffusion_pytorch_model.safetensors", encode_model(w))
+        client.put("pipe/vae/diffusion_pytorch_model.safetensors", encode_model(w))
+
+    save(1)
+    client.tag("hf", "v1")
+    client.tag("pipe", "v1")
+    save(2)
+    repo = compare_models("hf@v1", "hf", store=client)
+    assert [(t.name, t.status) for t in repo.tensors] == [("x.w", "changed")]
+    assert [(f.name, f.status) for f in repo.files] == [("training_args.bin", "changed")]
+    pipe = compare_models("pipe@v1", "pipe", store=client)
+    assert [t.name for t in pipe.tensors] == [
+        "unet/diffusion_pytorch_model.safetensors:conv_in.weight",
+        "vae/diffusion_pytorch_model.safetensors:conv_in.weight",
+    ]

@@ -351,22 +351,32 @@ def _tensors_of(
 def _read_tables(
     model: Model, options: Options
 ) -> tuple[dict[str, TensorPlace], dict[str, ModelLayout]]:
-    if not model.is_dir:
-        names = [""]
-    else:
-        names = _shards(model) or [n for n in model.files if n.endswith(MODEL_SUFFIXES)]
+    names, required = _weight_files(model)
+    # Several checkpoints that no index joins (a diffusers pipeline's unet/ and vae/) each
+    # hold their own tensors: name them FILE:TENSOR, so that conv_in.weight of one is
+    # not taken for the other's.
+    qualify = model.is_dir and len(names) > 1 and not _shards(model)
     places: dict[str, TensorPlace] = {}
     layouts: dict[str, ModelLayout] = {}
     for name in names:
         f = model.files[name]
-        layout = _layout(f, model.label)
+        try:
+            layout = _layout(f, model.label)
+        except FormatError:
+            if required:
+                raise
+            # A guess by suffix that is no checkpoint (training_args.bin pickles no
+            # tensors): one of the directory's other files, compared by content.
+            log.info("%s/%s: not a checkpoint modelfs reads; compared as a file", model.label, name)
+            continue
         if layout is None:
-            if model.is_dir and name in _shards(model):
-                raise FormatError(f"{model.label}: shard {name} is not a model file")
+            if required and model.is_dir:
+                raise FormatError(f"{model.label}: {name} is not a model file")
             continue
         layouts[name] = layout
         for info in layout.tensors:
             key = _renamed(info.name, options.renames)
+            key = f"{name}:{key}" if qualify else key
             if key in places:
                 where = places[key].file.name or model.label
                 raise FormatError(
@@ -374,6 +384,22 @@ def _read_tables(
                 )
             places[key] = TensorPlace(f, info)
     return places, layouts
+
+
+def _weight_files(model: Model) -> tuple[list[str], bool]:
+    """The files holding a model's tensors, and whether each must be one: a single file;
+    the shards an index names; else the safetensors files (a Hugging Face repository that
+    also ships pytorch_model.bin holds the same tensors twice); else every file whose
+    suffix says checkpoint, any of which may turn out to be something else."""
+    if not model.is_dir:
+        return [""], True
+    shards = _shards(model)
+    if shards:
+        return shards, True
+    safetensors = [n for n in model.files if n.endswith(".safetensors")]
+    if safetensors:
+        return safetensors, True
+    return [n for n in model.files if n.endswith(MODEL_SUFFIXES)], False
 
 
 def _shards(model: Model) -> list[str]:
