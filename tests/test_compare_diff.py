@@ -72,7 +72,7 @@ def client(packs: PackBytes) -> Iterator[modelfs.Client]:
 
 def stored_bytes(client: modelfs.Client, path: str, version: int, names: list[str]) -> int:
     """The stored (compressed) bytes of the blocks holding some tensors of a version."""
-    from modelfs.compare.formats import safetensors_layout
+    from modelfs.store.checkpoints import safetensors_layout
 
     with client.open(path, version) as f:
         layout = safetensors_layout(lambda o, n: client.read(path, o, n, version), f.size)
@@ -392,3 +392,29 @@ def test_a_repository_with_safetensors_and_other_checkpoints_compares_the_safete
         "unet/diffusion_pytorch_model.safetensors:conv_in.weight",
         "vae/diffusion_pytorch_model.safetensors:conv_in.weight",
     ]
+
+
+def test_torch_checkpoints_are_cut_at_their_tensors_so_they_dedup_and_diff_by_blocks(
+    client: modelfs.Client, packs: PackBytes, minilm_path: Path, tmp_path: Path
+) -> None:
+    """torch.save names the archive after the file and puts a header before every tensor:
+    stored as content-defined blocks, two checkpoints of other names shared almost no
+    block. Cut at each storage, they share every unchanged tensor's."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(minilm_path))
+    torch.save(weights, tmp_path / "checkpoint-100.pt")
+    weights[QUERY] = weights[QUERY] * 1.5
+    torch.save(weights, tmp_path / "checkpoint-200.pt")
+    first = client.put("run/model.pt", tmp_path / "checkpoint-100.pt")
+    second = client.put("run/model.pt", tmp_path / "checkpoint-200.pt")
+    assert client.store.manifest("run/model.pt").layout == "torch"
+    changed = weights[QUERY].numel() * 4
+    assert second.uploaded_bytes < 2 * changed < first.uploaded_bytes / 20  # the one tensor
+
+    before = packs.fetched
+    d = compare_models("run/model.pt@1", "run/model.pt@2", store=client)
+    assert d.counts() == {"identical": 103, "changed": 1}
+    assert {t.decided_by for t in d.tensors if t.status == "identical"} == {"blocks"}
+    assert packs.fetched - before < 3 * changed  # the changed tensor, both sides, compressed

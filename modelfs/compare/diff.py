@@ -1,7 +1,7 @@
 """Comparing two models tensor by tensor, reading only what differs.
 
 compare_models(a, b) opens both sides (sources.py), learns each file's tensor
-table by range (formats.py), matches tensors by name (after --rename prefix
+table by range (store/checkpoints.py), matches tensors by name (after --rename prefix
 maps), and for each pair decides:
 
 - identical from block ids alone, when both are store files: the blocks that
@@ -38,9 +38,7 @@ import numpy as np
 
 from ..client import Client
 from ..errors import FormatError, InvalidArgumentError
-from ..store.format import block_id
-from ..store.tensorfile import MAX_HEADER_SIZE
-from .formats import (
+from ..store.checkpoints import (
     ModelLayout,
     TensorInfo,
     dequantize,
@@ -48,6 +46,8 @@ from .formats import (
     read_tensor_bytes,
     tensor_nbytes,
 )
+from ..store.format import block_id
+from ..store.tensorfile import MAX_HEADER_SIZE
 from .rollup import RollupRow, by_layer, by_module_kind
 from .sources import Model, ModelFile, Opener
 from .stats import DEFAULT_CHUNK_BYTES, DeltaAccumulator, DeltaStats, element_ranges, itemsize

@@ -31,10 +31,10 @@ from ..client import Client, open_store
 from ..errors import InvalidArgumentError, NotFoundError
 from ..reader import BlockReader
 from ..store import Version
+from ..store.checkpoints import LocalFile, ReadAt
 from ..store.manifest import Manifest
 from ..store.paths import version_address
 from ..store.snapshots import join
-from .formats import LocalFile, ReadAt
 
 STORE_SEPARATOR = "::"
 _LOCAL_PREFIXES = ("/", "./", "../", "~")

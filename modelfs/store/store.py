@@ -56,6 +56,7 @@ from ..errors import (
 )
 from . import codecs
 from .blockindex import BlockIndex
+from .checkpoints import torch_cuts
 from .chunking import RandomAccess, Span, split
 from .format import (
     CONFIG_KEY,
@@ -269,7 +270,7 @@ class Store:
         metrics = check_metrics(metrics)
         self.refresh_index()
         with _open_source(source) as src:
-            layout = _layout_of(src)
+            layout, layout_kind = _layout_of(src)
             spans = split(
                 src.buffer if src.buffer is not None else src, layout, self.config.chunking
             )
@@ -284,7 +285,7 @@ class Store:
         manifest = Manifest(
             size=sum(s.length for s in spans),
             content_hash=f"blake3:{content_hash}",
-            layout="safetensors" if layout is not None else "cdc",
+            layout=layout_kind,
             blocks=tuple(blocks),
             metadata=metadata,
         )
@@ -983,9 +984,15 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return dict(metadata)
 
 
-def _layout_of(source: _BufferSource | _FileSource) -> TensorLayout | None:
+def _layout_of(source: _BufferSource | _FileSource) -> tuple[TensorLayout | None, str]:
+    """Where a file is cut, and the manifest's name for how: at the tensors of a
+    safetensors file, at the storages of a torch.save zip, else by content alone."""
     need = header_size_needed(source.pread(0, 8))
-    return parse_layout(source.pread(0, need), source.size)
+    layout = parse_layout(source.pread(0, need), source.size)
+    if layout is not None:
+        return layout, "safetensors"
+    layout = torch_cuts(source.pread, source.size)
+    return layout, "torch" if layout is not None else "cdc"
 
 
 class _BufferSource:

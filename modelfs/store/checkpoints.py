@@ -52,7 +52,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from ..errors import FormatError, InvalidArgumentError
-from ..store.tensorfile import DTYPE_SIZES, TensorSpan, header_size_needed, parse_layout
+from .tensorfile import DTYPE_SIZES, TensorLayout, TensorSpan, header_size_needed, parse_layout
 
 log = logging.getLogger(__name__)
 
@@ -1193,6 +1193,34 @@ def dequantize(dtype: str, raw: bytes | memoryview, shape: tuple[int, ...]) -> n
     except NotImplementedError:
         raise FormatError(f"the gguf package cannot dequantize {dtype}") from None
     return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+def torch_cuts(read: ReadAt, size: int) -> TensorLayout | None:
+    """Where the store cuts a torch.save zip (chunking.layout_cuts): at each storage's
+    bytes, as it cuts safetensors at each tensor's. torch names the archive after the
+    file and writes a local header before every storage, so content-defined blocks
+    mix each tensor with headers that differ between checkpoints of other names; cut
+    at the storages, every unchanged tensor keeps its blocks (dedup, and a diff that
+    decides it from block ids). None if the file is no torch.save zip read here."""
+    if size < len(ZIP_LOCAL_MAGIC) or read(0, len(ZIP_LOCAL_MAGIC)) != ZIP_LOCAL_MAGIC:
+        return None
+    try:
+        layout = torch_layout(read, size)
+    except FormatError as e:  # a zip, but not a checkpoint read here: opaque bytes
+        log.debug("not cut as a torch checkpoint: %s", e)
+        return None
+    storages: dict[str, TensorSpan] = {}
+    for t in layout.tensors:
+        s = t.storage
+        if s is None or s.end <= s.start or s.key in storages:
+            continue
+        dtype = t.dtype if t.dtype in DTYPE_SIZES else "U8"  # complex: cut by bytes
+        n = (s.end - s.start) // DTYPE_SIZES[dtype]
+        storages[s.key] = TensorSpan(s.key, dtype, (n,), s.start, s.end)
+    spans = sorted(storages.values(), key=lambda x: x.start)
+    if not spans or any(b.start < a.end for a, b in zip(spans, spans[1:], strict=False)):
+        return None
+    return TensorLayout(spans[0].start, tuple(spans), {})
 
 
 def read_tensor_bytes(tensor: TensorInfo, read: ReadAt, size: int) -> bytes:

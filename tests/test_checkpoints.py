@@ -24,8 +24,9 @@ import safetensors.torch
 import torch
 from conftest import MINILM
 
-from modelfs.compare import formats
-from modelfs.compare.formats import (
+from modelfs.errors import FormatError, InvalidArgumentError
+from modelfs.store import checkpoints as formats
+from modelfs.store.checkpoints import (
     ArraySummary,
     LocalFile,
     dequantize,
@@ -36,7 +37,6 @@ from modelfs.compare.formats import (
     tensor_nbytes,
     torch_layout,
 )
-from modelfs.errors import FormatError, InvalidArgumentError
 
 
 class CountingReader:
