@@ -109,6 +109,8 @@ class Resolved:
 
     def describe(self) -> str:
         via = f" ({self.via.kind} {self.via.name})" if self.via is not None else ""
+        if self.version is None:  # its pinned address is its content hash already
+            return f"{self.pinned}{via}"
         return f"{self.pinned} {self.content_hash}{via}"
 
 
