@@ -670,3 +670,22 @@ def test_short_reads_are_reported_not_trusted() -> None:
     data = torch_bytes({"a": torch.ones(3)})
     with pytest.raises(FormatError, match="shorter than its size"):
         torch_layout(lambda offset, length: data[offset : offset + length], len(data) + 100)
+
+
+def test_a_hostile_torch_zip_put_in_the_store_is_stored_as_bytes_and_nothing_runs(
+    tmp_path: Path,
+) -> None:
+    """The store reads a torch zip's table at put, to cut it at its storages: a pickle
+    with a foreign global is refused there too, and the file is stored as plain bytes."""
+    import modelfs
+    from modelfs.backends import MemoryBackend
+    from modelfs.store import Store
+
+    marker = tmp_path / "ran"
+    data = evil_checkpoint(pickle.dumps({"w": [1, 2], "hook": Evil(marker)}, protocol=2))
+    with modelfs.Client(Store.create(MemoryBackend()), use_disk_cache=False) as client:
+        put = client.put("evil.pt", data)
+        assert put.layout == "cdc" and client.read("evil.pt") == data
+        good = torch_bytes({"w": torch.ones(1000)})
+        assert client.put("good.pt", good).layout == "torch" and client.read("good.pt") == good
+    assert not marker.exists()

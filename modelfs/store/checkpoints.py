@@ -1206,8 +1206,12 @@ def torch_cuts(read: ReadAt, size: int) -> TensorLayout | None:
         return None
     try:
         layout = torch_layout(read, size)
-    except FormatError as e:  # a zip, but not a checkpoint read here: opaque bytes
-        log.debug("not cut as a torch checkpoint: %s", e)
+    except Exception as e:  # any zip may be put: what this cannot read is cut as bytes
+        # A put never fails for how it would have cut the file: a zip that is no
+        # checkpoint read here (FormatError), or one that trips the reader otherwise
+        # (which would be a bug here, not in the file), is cut by content.
+        log.log(logging.DEBUG if isinstance(e, FormatError) else logging.WARNING,
+                "not cut as a torch checkpoint: %s", e)  # fmt: skip
         return None
     storages: dict[str, TensorSpan] = {}
     for t in layout.tensors:
