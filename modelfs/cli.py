@@ -563,9 +563,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.series is not None and args.a is not None:
         raise InvalidArgumentError("give two models or --series, not both")
     if args.fail_if is not None:
-        from .store.query import parse_where
-
-        parse_where(args.fail_if)  # a bad clause fails now, before anything is read
+        report.check_gate(args.fail_if)  # a bad clause fails now, before anything is read
     client = None if args.store == "-" else _open(args)
     bar = ProgressBar("diff", 0, force=args.progress)
     try:

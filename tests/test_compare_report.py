@@ -438,3 +438,10 @@ def test_version_labels_are_short() -> None:
     assert report.version_labels(["ck/step-2@1 blake3:aa", "ck/step-10@3 blake3:bb"]) == [
         "step-2@1", "step-10@3",
     ]  # fmt: skip
+
+
+def test_a_gate_on_a_field_no_tensor_has_is_refused_not_passed(perturbed: Perturbed) -> None:
+    diff, _ = perturbed
+    with pytest.raises(InvalidArgumentError, match="no tensor has a field 'rel_l3'"):
+        report.failing(diff, "rel_l3 > 1e-3")
+    assert report.failing(diff, "status == 'removed'")  # a known field still works

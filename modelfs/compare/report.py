@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError, ModelfsError
-from ..store.query import parse_where
+from ..store.query import Where, parse_where
 from .diff import (
     ABSENT,
     ADDED,
@@ -118,10 +118,24 @@ def _shape(shape: tuple[int, ...] | None) -> str | None:
     return "x".join(str(d) for d in shape) if shape else "()"
 
 
+def check_gate(clause: str) -> Where:
+    """A --fail-if clause, parsed and checked: QueryError if it does not parse, and
+    InvalidArgumentError if it names a field no row has (a gate on `rel_l3` would never
+    fail: a typo must not pass CI)."""
+    where = parse_where(clause)
+    unknown = sorted(where.fields - set(COLUMNS))
+    if unknown:
+        raise InvalidArgumentError(
+            f"--fail-if {clause!r}: no tensor has a field {unknown[0]!r}; the fields are "
+            + ", ".join(COLUMNS)
+        )
+    return where
+
+
 def failing(diff: ModelDiff, clause: str) -> list[Record]:
-    """The rows() that the where-clause matches (store/query.py's language); QueryError if it
-    does not parse, even when the diff has no tensors."""
-    where = parse_where(clause)  # first: a bad clause fails whatever the diff holds
+    """The rows() that the where-clause matches (store/query.py's language); the clause is
+    checked first (check_gate), even when the diff has no tensors."""
+    where = check_gate(clause)
     return [r for r in rows(diff) if where.matches(r)]
 
 
