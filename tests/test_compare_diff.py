@@ -418,3 +418,17 @@ def test_torch_checkpoints_are_cut_at_their_tensors_so_they_dedup_and_diff_by_bl
     assert d.counts() == {"identical": 103, "changed": 1}
     assert {t.decided_by for t in d.tensors if t.status == "identical"} == {"blocks"}
     assert packs.fetched - before < 3 * changed  # the changed tensor, both sides, compressed
+
+
+def test_a_series_of_a_directorys_snapshots_by_range(client: modelfs.Client) -> None:
+    from modelfs.models import encode_model
+
+    for step in (1, 2, 3):
+        client.put("hf/model.safetensors", encode_model({"layers.0.w": np.full(4, step % 2, np.float32),
+                                                        "layers.1.w": np.zeros(4, np.float32)}))  # fmt: skip
+        client.tag("hf", f"s{step}")  # snapshots 1, 2, 3
+    series = compare_series("hf@1..3", store=client)
+    assert [m.split()[0] for m in series.models] == ["hf@1", "hf@2", "hf@3"]
+    assert series.layer_drift() == {"0": [1.0, 1.0], "1": [0.0, 0.0]}
+    with pytest.raises(NotFoundError, match=r"hf has no snapshot 4 \(snapshots 1\.\.3\)"):
+        compare_series("hf@2..4", store=client)

@@ -486,7 +486,10 @@ def series_text(series: Series) -> str:
         if len(moved) > MAX_LAYERS_PER_STEP:
             named += f", and {len(moved) - MAX_LAYERS_PER_STEP} more layers"
         summary = f"{differ} of {total} tensors differ ({shown})"
-        if not step.diff.identical and differ == 0:
+        if not step.diff.tensors:  # files that are no model: compared as bytes
+            changed = [f for f in step.diff.files if f.status != IDENTICAL]
+            summary = f"{len(changed)} of {len(step.diff.files)} files differ (compared as bytes)"
+        elif not step.diff.identical and differ == 0:
             summary = f"tensors identical; only {_what_else(step.diff)} changed"
         lines.append(head + summary + (f": {named}" if named else ""))
     if any(bounded):

@@ -133,9 +133,7 @@ def _file_versions(client: Client, spec: str) -> tuple[str, list[Version]] | Non
     try:
         ref = client.store.ref(path)
     except NotFoundError:
-        if m:
-            raise NotFoundError(f"{spec}: no such file in the store: {path}") from None
-        return None
+        return None  # a directory's snapshots, or nothing (series_addresses says which)
     if not m:
         return path, [v for v in ref.versions if not v.deleted]
     first, last = int(m["first"]), int(m["last"])
