@@ -36,16 +36,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import logging
 import math
 import os
-import pickle
-import pickletools
 import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pickletools import genops  # reads opcodes; nothing here unpickles
 from types import ModuleType
 from typing import Any, TypeAlias
 
@@ -459,8 +457,9 @@ def torch_layout(read: ReadAt, size: int) -> ModelLayout:
     their index ({"model": {"fc.weight": t}, "ema": [t2]} gives "model.fc.weight"
     and "ema.0"; a tensor saved alone is named ""). Scalars (numbers, strings,
     None, and lists or tuples of them) become metadata under the same names.
-    The pickle is followed by a restricted unpickler that knows only the globals
-    torch.save writes for tensors: anything else is refused, as
+    The pickle is never unpickled: its opcodes are followed on a stack of plain
+    values (_interpret), and the only globals it may name are those torch.save
+    writes for tensors, each a stand-in that records: anything else is refused, as
     torch.load(weights_only=True) would, and no code from the file ever runs.
     """
     head = _read_exact(read, size, 0, min(size, len(LEGACY_TORCH_MAGIC)), "the file's first bytes")
@@ -574,7 +573,7 @@ def _is_c_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-# The restricted unpickler: globals map to harmless stand-ins that only record.
+# Following the pickle: the globals it may name map to harmless stand-ins that only record.
 
 
 @dataclass(frozen=True)
@@ -750,53 +749,170 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 _ALLOWED_GLOBALS = _allowed_globals()
 
 
-class _WeightsUnpickler(pickle.Unpickler):
-    """Follows a torch.save pickle, building stand-ins; every other global is refused."""
+def _find_global(module: str, name: str, where: str) -> Any:
+    found = _ALLOWED_GLOBALS.get((module, name))
+    if found is None:
+        raise FormatError(
+            f"{where} names the global {module}.{name}: only weights are read, "
+            "as torch.load(weights_only=True) would"
+        )
+    return found
 
-    def __init__(self, data: bytes, where: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self._where = where
 
-    def find_class(self, module: str, name: str) -> Any:
-        found = _ALLOWED_GLOBALS.get((module, name))
-        if found is None:
-            raise FormatError(
-                f"{self._where} names the global {module}.{name}: only weights are read, "
-                "as torch.load(weights_only=True) would"
-            )
-        return found
+def _persistent_load(pid: Any, where: str) -> _StorageRecord:
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        raise FormatError(f"{where}: persistent id {pid!r:.80} is not a storage")
+    _, storage_type, key, _location, numel = pid
+    if not isinstance(storage_type, _StorageType):
+        raise FormatError(f"{where}: storage {key!r:.40} has no storage type")
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise FormatError(f"{where}: storage {key!r:.40} has a bad key or size")
+    return _StorageRecord(key, storage_type.dtype, numel)
 
-    def persistent_load(self, pid: Any) -> _StorageRecord:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise FormatError(f"{self._where}: persistent id {pid!r:.80} is not a storage")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise FormatError(f"{self._where}: storage {key!r:.40} has no storage type")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise FormatError(f"{self._where}: storage {key!r:.40} has a bad key or size")
-        return _StorageRecord(key, storage_type.dtype, numel)
+
+# Opcodes whose argument is the value they push (pickletools decodes it from the data,
+# whose length bounds it: a declared length past the end is an error, not an allocation).
+_PUSH_ARG = frozenset({
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+    "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+})  # fmt: skip
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+
+
+def _interpret(data: bytes, where: str) -> object:
+    """Follow a pickle's opcodes (pickletools.genops) on a stack of plain values, as
+    torch's weights_only unpickler does: no unpickler runs, no class outside
+    _ALLOWED_GLOBALS is ever reached, and every callable is one of those stand-ins."""
+    stack: list[Any] = []
+    marks: list[list[Any]] = []
+    memo: dict[int, Any] = {}
+
+    def pop_mark() -> list[Any]:
+        nonlocal stack
+        items, stack = stack, marks.pop()
+        return items
+
+    for opcode, arg, pos in genops(data):
+        name = opcode.name
+        if name in _PUSH_ARG:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name in ("PROTO", "FRAME"):
+            continue
+        elif name == "STOP":
+            if len(stack) != 1 or marks:
+                raise FormatError(f"{where}: the pickle ends with {len(stack)} values left")
+            return stack[0]
+        elif name == "MARK":
+            marks.append(stack)
+            stack = []
+        elif name == "POP":
+            stack.pop()
+        elif name == "POP_MARK":
+            pop_mark()
+        elif name == "DUP":
+            stack.append(stack[-1])
+        elif name == "BYTEARRAY8":
+            stack.append(bytearray(arg))
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name == "EMPTY_SET":
+            stack.append(set())
+        # pop_mark() rebinds stack: take the items first, then append to the stack it restores.
+        elif name == "LIST":
+            items = pop_mark()
+            stack.append(items)
+        elif name == "TUPLE":
+            items = pop_mark()
+            stack.append(tuple(items))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name == "DICT":
+            items = pop_mark()
+            stack.append(dict(zip(items[::2], items[1::2], strict=True)))
+        elif name == "FROZENSET":
+            items = pop_mark()
+            stack.append(frozenset(items))
+        elif name == "APPEND":
+            value = stack.pop()
+            stack[-1].append(value)
+        elif name == "APPENDS":
+            items = pop_mark()
+            stack[-1].extend(items)
+        elif name == "ADDITEMS":
+            items = pop_mark()
+            stack[-1].update(items)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = pop_mark()
+            target = stack[-1]
+            for key, value in zip(items[::2], items[1::2], strict=True):
+                target[key] = value
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+        elif name == "GLOBAL":
+            module, _, qualname = arg.partition(" ")
+            stack.append(_find_global(module, qualname, where))
+        elif name == "STACK_GLOBAL":
+            qualname, module = stack.pop(), stack.pop()
+            if not isinstance(module, str) or not isinstance(qualname, str):
+                raise FormatError(f"{where}: a global at byte {pos} is not named by strings")
+            stack.append(_find_global(module, qualname, where))
+        elif name == "REDUCE":
+            args, func = stack.pop(), stack.pop()
+            if not isinstance(args, tuple):
+                raise FormatError(f"{where}: a call at byte {pos} has no argument tuple")
+            stack.append(func(*args))
+        elif name == "NEWOBJ":
+            args, cls = stack.pop(), stack.pop()
+            if not (isinstance(cls, type) and isinstance(args, tuple)):
+                raise FormatError(f"{where}: NEWOBJ at byte {pos} builds no class of ours")
+            stack.append(cls.__new__(cls, *args))
+        elif name == "BUILD":
+            state, target = stack.pop(), stack[-1]
+            if isinstance(target, _OrderedDict) and isinstance(state, dict):
+                target.__dict__.update(state)  # a state_dict's _metadata
+            else:
+                raise FormatError(f"{where}: BUILD at byte {pos} sets state this does not read")
+        elif name == "BINPERSID":
+            stack.append(_persistent_load(stack.pop(), where))
+        else:  # PERSID, INST, OBJ, EXT*, out-of-band buffers, NEWOBJ_EX...: not torch's
+            raise FormatError(f"{where}: the opcode {name} at byte {pos} is not followed")
+    raise FormatError(f"{where}: the pickle has no STOP")
 
 
 def _unpickle_weights(data: bytes, where: str) -> object:
     _check_pickle_opcodes(data, where)
     try:
-        return _WeightsUnpickler(data, where).load()
+        return _interpret(data, where)
     except FormatError:
         raise
-    except Exception as e:  # whatever a malformed pickle makes the unpickler or a stand-in raise
+    except Exception as e:  # a malformed pickle: an empty stack, a bad memo index, a stand-in
         raise FormatError(f"{where}: not a pickle this reader can follow: {e!r:.200}") from None
 
 
 def _check_pickle_opcodes(data: bytes, where: str) -> None:
-    """Refuse, before unpickling, what would make the C unpickler allocate wildly.
-
-    It grows its memo to twice any index it is given and allocates a bytes
-    object of the declared length before reading it; pickletools reads the
-    lengths against the real data instead, and writers number memo slots in order.
-    """
+    """Refuse, before following it, a pickle with memo indices that skip ahead or
+    extension codes: writers number memo slots in order and torch.save uses none,
+    so either means a file made to mislead a reader."""
     slots = 0
     try:
-        for opcode, arg, pos in pickletools.genops(data):
+        for opcode, arg, pos in genops(data):
             if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 if arg > slots:
                     raise FormatError(f"{where}: memo index {arg} at byte {pos} skips ahead")
