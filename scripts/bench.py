@@ -236,13 +236,21 @@ def make_fine_tuned(src: Path, dst: Path, rng: np.random.Generator) -> list[Tens
         for e in read_entries(src)
         if e.name.startswith(FINE_TUNED_PREFIX) and "LayerNorm" not in e.name and e.dtype == "F32"
     ]
+    overwrite_tensors(src, dst, changed, lambda arr: perturb(arr, rng))
+    return changed
+
+
+def overwrite_tensors(
+    src: Path, dst: Path, entries: list[TensorEntry], change: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """In dst (a copy of src, same header), each entry's tensor replaced by change(its
+    values in src), durably."""
     with open(dst, "r+b") as f:
-        for e in changed:
+        for e in entries:
             f.seek(e.start)
-            f.write(perturb(load_array(src, e), rng).tobytes())
+            f.write(change(load_array(src, e)).tobytes())
         f.flush()
         os.fsync(f.fileno())
-    return changed
 
 
 def copy_name(copy: int, name: str) -> str:
@@ -1523,12 +1531,7 @@ def diff_section(
         entries[i] for i in _spread(len(entries), max(1, round(len(entries) * DIFF_FRACTION)))
     ]
     shutil.copyfile(a_file, b_file)
-    with open(b_file, "r+b") as f:
-        for e in changed:
-            f.seek(e.start)
-            f.write(_changed(load_array(a_file, e), rng).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+    overwrite_tensors(a_file, b_file, changed, lambda arr: _changed(arr, rng))
     header_end = entries[0].start
     t0 = time.perf_counter()
     with modelfs.open_store(url, create=True, use_disk_cache=False) as client:
