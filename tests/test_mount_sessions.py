@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,45 @@ def test_a_writer_that_reads_its_file_back_commits_at_its_close_from_many_thread
             assert {c.read(path, version=v.version) for v in c.history(path)} == {data}
     assert sorted(p.name for p in (m.cache_dir / "staging").iterdir()) == ["lock"]
     assert " ERROR " not in m.log
+
+
+@pytest.mark.backend_independent
+def test_a_close_commits_while_another_thread_forks_a_child(
+    store_url: str, mount_store, tmp_path: Path
+) -> None:
+    """A child forked by another thread holds a copy of the writer's (close-on-exec)
+    descriptor until it execs: the writer's close still commits, so another process
+    reads the file at once."""
+    m = mount_store(store_url)
+    data = os.urandom(30000)
+    f = open(m.path / "new.bin", "wb")  # noqa: SIM115 - closed while the child holds a copy
+    f.write(data)
+    f.flush()
+
+    def pause() -> None:  # runs in the child, between fork and exec
+        os.write(w, b"x")
+        time.sleep(0.2)
+
+    r, w = os.pipe()
+    errors: list[BaseException] = []
+
+    def spawn() -> None:
+        try:
+            subprocess.run(["true"], preexec_fn=pause, check=True)  # noqa: PLW1509
+        except BaseException as e:
+            errors.append(e)
+
+    child = threading.Thread(target=spawn)
+    child.start()
+    assert os.read(r, 1) == b"x"  # the child exists and holds the descriptor
+    f.close()
+    out = subprocess.run(["cat", str(m.path / "new.bin")], capture_output=True)
+    child.join(timeout=30)
+    os.close(r)
+    os.close(w)
+    assert errors == []
+    assert out.stdout == data, out.stderr
+    assert history_sizes(store_url, tmp_path, "new.bin") == [30000]
 
 
 @pytest.mark.backend_independent

@@ -35,6 +35,7 @@ Caveats:
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -87,12 +88,19 @@ def process_of(pid: int) -> int:
     return pid
 
 
-def _writable(fdinfo: bytes) -> bool:
-    """Whether an fdinfo entry is of a descriptor open for writing (its octal flags)."""
+def _flags(fdinfo: bytes) -> int | None:
+    """An fdinfo entry's open flags (None: no flags line). The kernel adds O_CLOEXEC
+    there when the descriptor is close-on-exec."""
     for line in fdinfo.splitlines():
         if line.startswith(b"flags:"):
-            return int(line.split()[1], 8) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-    return True  # no flags line: assume it may write
+            return int(line.split()[1], 8)
+    return None
+
+
+class _Held(enum.Enum):
+    NO = 0
+    UNTIL_EXEC = 1  # only through close-on-exec descriptors
+    LASTING = 2
 
 
 class Processes:
@@ -104,6 +112,9 @@ class Processes:
     """
 
     MAX_DESCENDANTS = 256  # a process tree larger than this is not searched further
+    # A fork's child that keeps only close-on-exec copies longer than this is a worker
+    # (multiprocessing's fork), which may write: it holds the file.
+    FORK_SETTLE_SECONDS = 0.5
 
     def __init__(self, mount_id: int | None = None, device: tuple[int, int] | None = None) -> None:
         self.mount_id = mount_id  # the mount's id in mountinfo (None: match inodes only)
@@ -114,13 +125,26 @@ class Processes:
         inode of this mount: through a descriptor open for writing (a child given the
         descriptor, as subprocess's stdout= does, holds it too), or a shared writable
         mapping (a program may close the descriptor once it has mapped the file). A
-        descriptor open for reading does not keep a file from being committed."""
-        return {
-            p
-            for p in self._and_descendants(processes)
-            if self._writes_through_a_descriptor(p, inode)
-            or self._writes_through_a_mapping(p, inode)
-        }
+        descriptor open for reading does not keep a file from being committed.
+
+        A child forked by another thread of the writer between fork and exec holds a copy
+        of every descriptor, close-on-exec ones too, for a moment: such copies are waited
+        for (up to FORK_SETTLE_SECONDS), so that the writer's close still commits."""
+        deadline = time.monotonic() + self.FORK_SETTLE_SECONDS
+        while True:
+            lasting, until_exec = set(), set()
+            for p in self._and_descendants(processes):
+                if self._writes_through_a_mapping(p, inode):
+                    lasting.add(p)
+                    continue
+                held = self._writes_through_a_descriptor(p, inode)
+                if held is _Held.UNTIL_EXEC and p not in processes:
+                    until_exec.add(p)
+                elif held is not _Held.NO:
+                    lasting.add(p)
+            if lasting or not until_exec or time.monotonic() >= deadline:
+                return lasting | until_exec
+            time.sleep(0.005)
 
     def _and_descendants(self, processes: set[int]) -> list[int]:
         found = [p for p in processes if p > 0]
@@ -140,22 +164,28 @@ class Processes:
                 found.extend(c for c in children if c not in found)
         return found
 
-    def _writes_through_a_descriptor(self, process: int, inode: int) -> bool:
+    def _writes_through_a_descriptor(self, process: int, inode: int) -> _Held:
         try:
             fds = os.listdir(f"/proc/{process}/fdinfo")
         except OSError:
-            return False  # gone
+            return _Held.NO  # gone
         want_ino = f"ino:\t{inode}\n".encode()
         want_mnt = f"mnt_id:\t{self.mount_id}\n".encode() if self.mount_id is not None else b""
+        held = _Held.NO
         for fd in fds:
             try:
                 with open(f"/proc/{process}/fdinfo/{fd}", "rb") as f:
                     info = f.read()
             except OSError:
                 continue  # closed while we looked
-            if want_ino in info and want_mnt in info and _writable(info):
-                return True
-        return False
+            if want_ino in info and want_mnt in info:
+                flags = _flags(info)
+                if flags is None or flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                    if flags is not None and flags & os.O_CLOEXEC:
+                        held = _Held.UNTIL_EXEC
+                    else:
+                        return _Held.LASTING
+        return held
 
     def _writes_through_a_mapping(self, process: int, inode: int) -> bool:
         try:
