@@ -28,10 +28,13 @@ from .client import DEFAULT_CACHE_SIZE, Client, default_cache_dir, init_store, o
 from .errors import InvalidArgumentError, ModelfsError, NotFoundError
 from .store import ChunkingLimits, StoreConfig
 from .store.addresses import Resolved, parse_address
+from .store.format import DEFAULT_COMMIT_WINDOW
+from .store.gc import DEFAULT_GRACE, DEFAULT_REPACK
 from .store.metrics import Value, check_name, format_value, parse_assignment
 from .store.naming import owner_of
 from .store.paths import version_address
 from .store.registry import Event, Name, load_record
+from .store.retention import DEFAULT_ALIAS_HISTORY, Policy, parse_duration
 from .store.store import DEFAULT_MAX_REQUESTS
 
 log = logging.getLogger("modelfs")
@@ -146,6 +149,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ),
         zstd_level=args.zstd_level,
         pack_size=args.pack_size,
+        commit_window=args.commit_window,
     )
     init_store(
         args.store, config, unsafe_single_writer=args.unsafe_single_writer,
@@ -309,6 +313,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     for v in versions:
         if v.deleted:
             print(f"v{v.version:<4} {_when(v.time)}  deleted")
+        elif v.forgotten:
+            print(f"v{v.version:<4} {_when(v.time)}  forgotten ({v.forgotten_note()})")
         else:
             shown = _metrics_text(metrics.get(v.version))
             extra = f"  {shown}" if shown else ""
@@ -385,8 +391,96 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             print(f"affected: {a['path']}{where}{at}: {a['problem']}")
         for r in report.repaired:
             print(f"repaired: {r}")
+        g = report.garbage
+        if g.get("reclaimable_bytes") or g.get("collections_pending"):
+            print(
+                f"garbage (harmless; `modelfs gc` reclaims it): "
+                f"{human(g.get('reclaimable_bytes', 0))} that no kept version reaches, "
+                f"{g.get('packs_without_index', 0)} packs without an index object, "
+                f"{g.get('forgotten_versions', 0)} forgotten versions, "
+                f"{g.get('collections_pending', 0)} collections pending"
+            )
         print("no problems found" if report.ok else "PROBLEMS FOUND")
     return 0 if report.ok else 3
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    policy = Policy(
+        keep_last=args.keep_last, keep_within=args.keep_within, keep_best=args.keep_best,
+        by=args.by, alias_history=args.keep_alias_history,
+    )  # fmt: skip
+    with _open(args) as client:
+        plan = client.forget(args.target, policy, dry_run=args.dry_run)
+    if args.json:
+        _print_json(plan.to_json())
+        return 0
+    for p in plan.plans:
+        what = "snapshots" if p.is_dir else "versions"
+        shown = ", ".join(str(n) for n in p.forget)
+        print(
+            f"{'would forget' if args.dry_run else 'forgot'} {p.path}{'/' if p.is_dir else ''} {what} {shown}"
+        )
+        if args.verbose:
+            for n, why in sorted(p.keep.items()):
+                print(f"  keep {n}: {why}")
+    if not plan.plans:
+        print(f"nothing to forget under {plan.target or 'the store'} ({policy.describe()})")
+    elif args.dry_run:
+        print(
+            f"{plan.versions} versions and {plan.snapshots} snapshots would be forgotten "
+            f"({policy.describe()}); a gc would then free {human(plan.freed_bytes or 0)} of "
+            f"packs and {human(plan.freed_manifest_bytes or 0)} of manifests"
+        )
+    else:
+        print(
+            f"forgot {plan.versions} versions and {plan.snapshots} snapshots "
+            f"({policy.describe()}); `modelfs gc {args.store}` reclaims their space"
+        )
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    tty = args.progress or sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        if tty and not args.json:
+            sys.stderr.write(f"gc: {line}\n")
+            sys.stderr.flush()
+
+    with _open(args) as client:
+        report = client.gc(
+            dry_run=args.dry_run, wait=not args.no_wait, progress=progress, grace=args.grace,
+            repack=args.repack, break_lock=args.break_lock,
+        )  # fmt: skip
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    ex, c, r, w = report.examined, report.condemned, report.reclaimed, report.rewritten
+    print(
+        f"examined {ex.get('versions', 0)} versions of {ex.get('refs', 0)} files, "
+        f"{ex.get('packs', 0)} packs ({human(ex.get('pack_bytes', 0))}), "
+        f"{ex.get('manifests', 0)} manifests; {human(report.live_bytes)} live"
+    )
+    verb = "would condemn" if report.dry_run else "condemned"
+    print(
+        f"{verb} {c.get('packs', 0)} packs ({human(c.get('pack_bytes', 0))}), "
+        f"{c.get('rewrite_packs', 0)} to rewrite ({human(c.get('rewrite_dead_bytes', 0))} dead), "
+        f"{c.get('manifests', 0)} manifests, {c.get('snapshots', 0)} snapshots"
+    )
+    if not report.dry_run:
+        print(
+            f"reclaimed {human(r.get('pack_bytes', 0) + r.get('manifest_bytes', 0))}: "
+            f"{r.get('packs', 0)} packs deleted, {w.get('packs', 0)} rewritten "
+            f"({human(w.get('copied_bytes', 0))} copied), {r.get('manifests', 0)} manifests"
+        )
+        if any(report.kept.values()):
+            print(f"kept (a writer reached them during the grace period): {report.kept}")
+        if report.pending:
+            print(
+                f"pending: {', '.join(report.pending)} (condemned; the next gc after the "
+                f"grace period of {report.grace:g} s deletes what is still unreachable)"
+            )
+    return 0
 
 
 def _metrics_text(metrics: dict[str, Value] | None) -> str:
@@ -730,6 +824,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-block-size", type=parse_size, default=defaults.max_size)
     sp.add_argument("--zstd-level", type=int, default=StoreConfig().zstd_level)
     sp.add_argument("--pack-size", type=parse_size, default=StoreConfig().pack_size)
+    sp.add_argument(
+        "--commit-window", type=seconds, default=DEFAULT_COMMIT_WINDOW, metavar="SECONDS",
+        help="the longest a writer may take from checking what a gc condemned to making its "
+        f"commit visible (default {DEFAULT_COMMIT_WINDOW:g}); gc's grace must be twice this",
+    )  # fmt: skip
     sp.add_argument("--unsafe-single-writer", action="store_true",
                     help="allow a server that ignores conditional writes (only one writer at a time!)")  # fmt: skip
 
@@ -807,6 +906,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("mountpoint")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_stats)
+
+    sp = add(
+        "forget", cmd_forget, "remove versions from their histories by rule (gc reclaims the space)"
+    )
+    sp.add_argument("target", help="a file, a directory (everything under it), or / for the store")
+    sp.add_argument("--keep-last", type=int, metavar="N", help="keep each path's N newest versions")
+    sp.add_argument("--keep-within", type=parse_duration, metavar="DURATION",
+                    help="keep versions committed within this long (30d, 12h, 1h30m)")  # fmt: skip
+    sp.add_argument(
+        "--keep-best", type=int, metavar="K", help="keep the K best versions --by a metric"
+    )
+    sp.add_argument("--by", metavar="METRIC[:min]",
+                    help="the metric --keep-best ranks by: higher is better, or METRIC:min")  # fmt: skip
+    sp.add_argument("--keep-alias-history", type=parse_duration, default=DEFAULT_ALIAS_HISTORY,
+                    metavar="DURATION",
+                    help="keep what an alias named within this long (default 7d)")  # fmt: skip
+    sp.add_argument("--dry-run", action="store_true",
+                    help="say what would be forgotten and what a gc would then free")  # fmt: skip
+    sp.add_argument(
+        "-v", "--verbose", action="store_true", help="also say why each kept version is kept"
+    )
+
+    sp = add(
+        "gc", cmd_gc, "delete what no kept version, name or snapshot reaches; writers may go on"
+    )
+    sp.add_argument(
+        "--dry-run", action="store_true", help="say what would be condemned; change nothing"
+    )
+    sp.add_argument("--grace", type=parse_duration, default=DEFAULT_GRACE, metavar="DURATION",
+                    help=f"how long condemned objects wait before deletion (default {DEFAULT_GRACE:g} s; "
+                    "at least twice the store's commit window)")  # fmt: skip
+    sp.add_argument("--repack", type=float, default=DEFAULT_REPACK, metavar="FRACTION",
+                    help=f"rewrite packs at least this dead (default {DEFAULT_REPACK})")  # fmt: skip
+    sp.add_argument("--no-wait", action="store_true",
+                    help="condemn and return; the next gc after the grace period deletes")  # fmt: skip
+    sp.add_argument("--break-lock", action="store_true",
+                    help="take the collection lock from a collector you know is dead")  # fmt: skip
 
     sp = add("fsck", cmd_fsck, "read and verify every block; report what is corrupt or missing")
     sp.add_argument(

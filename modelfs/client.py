@@ -42,8 +42,10 @@ from .errors import (
 from .reader import BlockReader, StoredFile
 from .store import BlockRef, FileInfo, FsckReport, PutResult, Store, StoreConfig, Version, naming
 from .store.addresses import Resolved, parse_address, resolve
+from .store.gc import Collector, GcReport, iter_records
 from .store.metrics import Value
 from .store.paths import names_prefix, normalize_path, version_address
+from .store.reachability import space
 from .store.registry import (
     Event,
     Name,
@@ -53,6 +55,7 @@ from .store.registry import (
     load_record,
     parse_record,
 )
+from .store.retention import ForgetPlan, Policy, apply_forget, estimate_freed, plan_forget
 from .store.selection import Selection, select
 from .store.snapshots import join
 from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
@@ -295,7 +298,7 @@ class Client:
         record = load_record(self.store.backend, norm, is_dir=False, damaged_ok=True)
         out = {}
         for v in self.store.history(norm):
-            if not v.deleted:
+            if v.readable:
                 out[v.version] = (
                     record.metrics_of(v.version, v.metrics) if record else dict(v.metrics or {})
                 )
@@ -417,13 +420,15 @@ class Client:
         for info in files:
             logical_current += info.size
             for v in self.history(info.path):
-                if not v.deleted:
+                if v.readable:
                     versions += 1
                     logical_all += v.size
+        where = space(self.store)
         return {
             "url": self.url,
             "files": len(files),
             "versions": versions,
+            "forgotten_versions": where["forgotten_versions"],
             "blocks": len(locations),
             "logical_bytes_current": logical_current,
             "logical_bytes_all_versions": logical_all,
@@ -431,7 +436,27 @@ class Client:
             "stored_bytes": stored,
             "dedup_ratio": logical_all / unique if unique else 1.0,
             "compression_ratio": unique / stored if stored else 1.0,
+            "pack_bytes": where["pack_bytes"],
+            "live_bytes": where["live_bytes"],
+            "history_only_bytes": where["history_only_bytes"],
+            "reclaimable_bytes": where["reclaimable_bytes"],
+            "collections_pending": len(list(iter_records(self.store))),
         }
+
+    # retention and collection
+
+    def forget(self, target: str, policy: Policy, *, dry_run: bool = False) -> ForgetPlan:
+        """Forget the versions under target (a path, a directory, '' for the store) that
+        policy does not keep; dry_run: only say which, and what a gc would then free."""
+        plan = plan_forget(self.store, target, policy)
+        if dry_run:
+            estimate_freed(self.store, plan)
+            return plan
+        return apply_forget(self.store, plan)
+
+    def gc(self, *, dry_run: bool = False, wait: bool = True, progress=None, **options) -> GcReport:
+        """Collect garbage (modelfs/store/gc.py): options grace, repack, break_lock."""
+        return Collector(self.store, progress=progress, **options).run(dry_run=dry_run, wait=wait)
 
     def verify(self, path: str, version: int | None = None) -> dict[str, Any]:
         """Fetch every block of a version from the store (not the cache), check each

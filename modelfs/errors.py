@@ -22,6 +22,23 @@ class NotFoundError(ModelfsError):
     errno = _errno.ENOENT
 
 
+class ForgottenError(NotFoundError):
+    """A version a retention rule removed from its history (`modelfs forget`)."""
+
+
+class CollectedError(ModelfsError):
+    """A version that was open when it was forgotten, whose blocks a collection has since
+    deleted: the handle no longer stands for anything the store holds."""
+
+    errno = _errno.ESTALE
+
+
+class CollectionInProgressError(ModelfsError):
+    """Another collection holds the store's collection lock."""
+
+    errno = _errno.EBUSY
+
+
 class AlreadyExistsError(ModelfsError):
     """A create-only write found the key already there."""
 
@@ -107,13 +124,17 @@ class CorruptionError(ModelfsError):
 
     def with_file(self, path: str, offset: int) -> CorruptionError:
         """The same error, now naming the file and offset the read was for."""
-        return CorruptionError(
+        return type(self)(
             f"{path} at offset {offset}: {self}",
             block_id=self.block_id,
             pack=self.pack,
             path=path,
             offset=offset,
         )
+
+
+class MissingPackError(CorruptionError):
+    """A pack a manifest names is not in the store (and no moved/ record forwards it)."""
 
 
 class BackendError(ModelfsError):

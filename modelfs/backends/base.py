@@ -38,6 +38,10 @@ class BlobInfo:
     # Changes whenever the blob is replaced (S3: the ETag; local: inode and mtime).
     # Not comparable with the etags of get_with_etag / put_if_match.
     token: str = ""
+    # When the blob was last written, in seconds since the epoch, by the clock of whatever
+    # keeps it (S3: the server's LastModified; local: the file's mtime); 0: unknown.
+    # Only compared with other blobs' times from the same backend (the collector's grace).
+    modified: float = 0.0
 
 
 class Backend(ABC):

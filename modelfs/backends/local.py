@@ -112,7 +112,7 @@ class LocalBackend(Backend):
             raise NotFoundError(f"no blob {key!r} in {self.url}") from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFoundError(f"no blob {key!r} in {self.url}")
-        return BlobInfo(key, st.st_size, _token(st))
+        return BlobInfo(key, st.st_size, _token(st), st.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return (info.key for info in self.list_info(prefix))
@@ -133,7 +133,7 @@ class LocalBackend(Backend):
                         st = os.stat(os.path.join(dirpath, name))
                     except FileNotFoundError:
                         continue  # deleted while we walked
-                    infos.append(BlobInfo(key, st.st_size, _token(st)))
+                    infos.append(BlobInfo(key, st.st_size, _token(st), st.st_mtime))
         infos.sort(key=lambda i: i.key)
         return iter(infos)
 

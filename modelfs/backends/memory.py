@@ -7,6 +7,7 @@ LocalBackend (and, from the S3 issue on, on SeaweedFS).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import xxhash
@@ -21,6 +22,7 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self.url = f"memory://{id(self):x}"
         self._blobs: dict[str, bytes] = {}
+        self._modified: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _get(self, key: str) -> bytes:
@@ -42,11 +44,14 @@ class MemoryBackend(Backend):
 
     def head(self, key: str) -> BlobInfo:
         data = self._get(key)
-        return BlobInfo(key, len(data), xxhash.xxh3_128_hexdigest(data))
+        return BlobInfo(
+            key, len(data), xxhash.xxh3_128_hexdigest(data), self._modified.get(key, 0.0)
+        )
 
     def put(self, key: str, data: Data) -> str:
         with self._lock:
             self._blobs[check_key(key)] = bytes(data)
+            self._modified[key] = time.time()
         return xxhash.xxh3_128_hexdigest(data)
 
     def put_if_absent(self, key: str, data: Data) -> str:
@@ -54,6 +59,7 @@ class MemoryBackend(Backend):
             if check_key(key) in self._blobs:
                 raise AlreadyExistsError(f"blob {key!r} already exists in {self.url}")
             self._blobs[key] = bytes(data)
+            self._modified[key] = time.time()
         return xxhash.xxh3_128_hexdigest(data)
 
     def put_if_match(self, key: str, data: Data, etag: str) -> str:
@@ -61,6 +67,7 @@ class MemoryBackend(Backend):
             if xxhash.xxh3_128_hexdigest(self._get(key)) != etag:
                 raise ConflictError(f"blob {key!r} changed since it was read")
             self._blobs[key] = bytes(data)
+            self._modified[key] = time.time()
         return xxhash.xxh3_128_hexdigest(data)
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -71,3 +78,4 @@ class MemoryBackend(Backend):
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(check_key(key), None)
+            self._modified.pop(key, None)

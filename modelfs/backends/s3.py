@@ -288,7 +288,9 @@ class S3Backend(Backend):
             response = self._s3.head_object(Bucket=self.bucket, Key=full)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             raise self._error(e, "reading", key) from None
-        return BlobInfo(key, response["ContentLength"], response["ETag"])
+        return BlobInfo(
+            key, response["ContentLength"], response["ETag"], _epoch(response.get("LastModified"))
+        )
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return (info.key for info in self.list_info(prefix))
@@ -304,7 +306,9 @@ class S3Backend(Backend):
                     key = obj["Key"][len(self.prefix) :]
                     if key.endswith("/"):
                         continue  # a folder marker some servers list, not a blob
-                    infos.append(BlobInfo(key, obj["Size"], obj["ETag"]))
+                    infos.append(
+                        BlobInfo(key, obj["Size"], obj["ETag"], _epoch(obj.get("LastModified")))
+                    )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             raise self._error(e, "listing", prefix) from None
         infos.sort(key=lambda i: i.key)
@@ -410,3 +414,9 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._s3.close()
+
+
+def _epoch(when: object) -> float:
+    """botocore's LastModified (a datetime) in seconds since the epoch; 0 if absent."""
+    timestamp = getattr(when, "timestamp", None)
+    return float(timestamp()) if timestamp is not None else 0.0

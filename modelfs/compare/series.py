@@ -135,7 +135,7 @@ def _file_versions(client: Client, spec: str) -> tuple[str, list[Version]] | Non
     except NotFoundError:
         return None  # a directory's snapshots, or nothing (series_addresses says which)
     if not m:
-        return path, [v for v in ref.versions if not v.deleted]
+        return path, [v for v in ref.versions if v.readable]
     first, last = int(m["first"]), int(m["last"])
     if first >= last:
         raise InvalidArgumentError(f"{spec}: a range runs from an older version to a newer one")

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelfsError
+from ..errors import CollectedError, MissingPackError, ModelfsError
 from ..reader import BlockReader
 from ..store import Manifest, Version
+from ..store.refs import load_ref
 
 MIN_READAHEAD = 4 << 20
 MAX_READAHEAD = 64 << 20
@@ -97,8 +98,28 @@ class Reads:
                         self.reader.read, handle.manifest, offset, size, path=handle.path
                     )
                 )
+        except MissingPackError as e:
+            self.errors += 1
+            note = await self._run(self._forgotten, handle)
+            if note is not None:
+                raise CollectedError(
+                    f"{handle.path} version {handle.version.version} was forgotten ({note}) "
+                    "and collected while it was open: reopen the file for its current version"
+                ) from e
+            raise
         except ModelfsError:
             self.errors += 1
             raise
         handle.readahead.on_served(offset, len(data))
         return data
+
+    def _forgotten(self, handle: ReadHandle) -> str | None:
+        """Why the handle's version is gone from its history (None: it is not)."""
+        try:
+            ref, _ = load_ref(self.reader.store.backend, handle.path)
+        except ModelfsError:
+            return None
+        n = handle.version.version
+        if n <= len(ref.versions) and ref.versions[n - 1].forgotten:
+            return ref.versions[n - 1].forgotten_note()
+        return None

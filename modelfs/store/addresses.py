@@ -150,7 +150,7 @@ def _file_version(store: Store, address: Address, ref: Ref, v: Version, via: Nam
 
 def _dir_snapshot(store: Store, address: Address, record: NamesRecord, number: int,
                   via: Name | None) -> Resolved:  # fmt: skip
-    entry = record.snapshot(number)
+    entry = record.snapshot(number, named=via is not None)
     snap = load_snapshot(store, entry.snapshot)
     if snap.content_hash != entry.content_hash or snap.path != record.path:
         raise FormatError(f"snapshot {number} of {record.path} does not hold what its record says")
@@ -181,7 +181,7 @@ def resolve(store: Store, text: str | Address) -> Resolved:
             raise FormatError(
                 f"{address}: {join(snap.path, inner)} is in the snapshot but has no ref"
             )
-        return _file_version(store, address, ref, ref.get(f.version), resolved.via)
+        return _file_version(store, address, ref, ref.get(f.version, named=True), resolved.via)
     if snap.is_dir(inner):
         sub = snap.under(inner)
         return Resolved(address.text, sub.path, True, None, sub.content_hash, None, sub,
@@ -210,16 +210,16 @@ def _resolve_path(store: Store, address: Address) -> Resolved:
     if selector.startswith(_HASH_PREFIX):
         wanted = _check_hex(address, selector)
         if ref is not None:
-            live = [v for v in ref.versions if not v.deleted]
+            live = [v for v in ref.versions if v.readable]
             found = _one_hash(address, wanted, [v.content_hash for v in live])
             if found is not None:
                 v = [v for v in live if v.content_hash == found][-1]
                 return _file_version(store, address, ref, v, None)
         record = load_record(store.backend, path, is_dir=True)
         if record is not None:
-            found = _one_hash(address, wanted, [s.content_hash for s in record.snapshots])
+            found = _one_hash(address, wanted, [s.content_hash for s in record.kept_snapshots])
             if found is not None:
-                number = [s for s in record.snapshots if s.content_hash == found][-1].version
+                number = [s for s in record.kept_snapshots if s.content_hash == found][-1].version
                 return _dir_snapshot(store, address, record, number, None)
         if ref is None and store.is_dir(path):
             snap = take_snapshot(store, path)
@@ -264,7 +264,7 @@ def _target(
         ref, record = known if known is not None else (_file_ref(store, t.path), None)
         if ref is None:
             raise FormatError(f"{address}: {name.kind} {name.name} names {t}, which has no ref")
-        resolved = _file_version(store, address, ref, ref.get(t.version), name, record)
+        resolved = _file_version(store, address, ref, ref.get(t.version, named=True), name, record)
     if resolved.content_hash != t.content_hash:
         raise FormatError(
             f"{address}: {name.kind} {name.name} names {t} with content {t.content_hash}, but "

@@ -22,12 +22,23 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 50
 
 
+class DeadlinePassed(ConflictError):
+    """A write that makes new references would start after the writer's commit window:
+    what it checked about collections may be stale (see condemned.py)."""
+
+
 def update(
-    backend: Backend, key: str, change: Callable[[bytes | None], bytes | None], action: str
+    backend: Backend,
+    key: str,
+    change: Callable[[bytes | None], bytes | None],
+    action: str,
+    *,
+    deadline: float | None = None,
 ) -> None:
     """Replace the object at key by change(current bytes, None if absent); a change that
     returns None writes nothing. `action` says what the change does, for log lines and
-    errors: "publish a version of bert/model.safetensors"."""
+    errors: "publish a version of bert/model.safetensors". deadline (time.monotonic()):
+    no write is sent after it (DeadlinePassed); the caller checks again and retries."""
     limit = backend.max_key_bytes
     for attempt in range(1, ATTEMPTS + 1):
         try:
@@ -39,6 +50,8 @@ def update(
         body = change(data)
         if body is None:
             return
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlinePassed(f"could not {action} within the store's commit window")
         try:
             if data is None:
                 backend.put_if_absent(key, body)

@@ -24,9 +24,18 @@ FORMAT_NAME = "modelfs"
 # 3: names records (tags, aliases, metrics) under meta/, directory snapshots under
 # snapshots/, and versions whose ref entry holds metrics. A store becomes version 3
 # before the first of these is written.
-FORMAT_VERSION = 3
+# 4: retention and collection. Ref entries may be forgotten (they keep their manifest
+# id), directories' snapshots too; packs whose live blocks were copied elsewhere are
+# forwarded by moved/ records; a collection in progress is recorded under gc/; the
+# config holds the writers' commit window. A store becomes version 4 before the first
+# forget or collection.
+FORMAT_VERSION = 4
 SHORTENED_KEYS_VERSION = 2  # the format version that first allowed shortened names in keys
 NAMES_VERSION = 3  # the format version that first had names records, snapshots and metrics
+COLLECTION_VERSION = 4  # the format version that first had forgotten versions and collection
+# How long a writer may take from checking what a collection condemned to making a
+# new reference visible (store config, version 4). A collector waits longer than this.
+DEFAULT_COMMIT_WINDOW = 120.0
 MANIFEST_VERSION = 1  # manifests did not change: the same content keeps the same id
 
 CONFIG_KEY = "config"
@@ -78,6 +87,11 @@ def manifest_key(manifest_id: str) -> str:
     return f"manifests/{manifest_id[:2]}/{manifest_id}"
 
 
+def moved_key(pack_id: str) -> str:
+    """Where a collected pack's live blocks went (version 4)."""
+    return f"moved/{pack_id}"
+
+
 def canonical_json(obj: Any) -> bytes:
     """One byte string per value: sorted keys, no whitespace, UTF-8.
 
@@ -127,8 +141,13 @@ class StoreConfig:
     zstd_level: int = 3
     pack_size: int = 32 << 20
     version: int = FORMAT_VERSION
+    commit_window: float = DEFAULT_COMMIT_WINDOW  # seconds (see DEFAULT_COMMIT_WINDOW)
 
     def __post_init__(self) -> None:
+        if not (0.05 <= self.commit_window <= 86400):
+            raise InvalidArgumentError(
+                f"commit window {self.commit_window} s outside [0.05 s, 1 day]"
+            )
         if not (1 <= self.zstd_level <= 22):
             raise InvalidArgumentError(f"zstd level {self.zstd_level} outside 1..22")
         if not (1 << 20 <= self.pack_size <= 1 << 30):
@@ -144,6 +163,13 @@ class StoreConfig:
                 "chunking": {"algorithm": "fastcdc2020", **asdict(self.chunking)},
                 "compression": {"codec": "zstd", "level": self.zstd_level},
                 "pack_size": self.pack_size,
+                # Written only where it is not the default: older stores' configs stay as
+                # they were, byte for byte.
+                **(
+                    {"collection": {"commit_window": self.commit_window}}
+                    if self.commit_window != DEFAULT_COMMIT_WINDOW
+                    else {}
+                ),
             }
         )
 
@@ -175,6 +201,9 @@ class StoreConfig:
                 zstd_level=int(doc["compression"]["level"]),
                 pack_size=int(doc["pack_size"]),
                 version=version,
+                commit_window=float(
+                    doc.get("collection", {}).get("commit_window", DEFAULT_COMMIT_WINDOW)
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"store config is malformed: {e}") from None

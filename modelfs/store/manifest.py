@@ -41,10 +41,14 @@ class Manifest:
     layout: str  # "safetensors" or "cdc"
     blocks: tuple[BlockRef, ...]
     metadata: dict[str, str] = field(default_factory=dict)
+    # Set only when a writer must not reuse the manifest of this content because a
+    # collection condemned it (format 4): the same content under a new id.
+    nonce: str = ""
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
+                **({"nonce": self.nonce} if self.nonce else {}),
                 "version": MANIFEST_VERSION,
                 "size": self.size,
                 "content_hash": self.content_hash,
@@ -102,6 +106,7 @@ class Manifest:
                 str(doc["layout"]),
                 tuple(blocks),
                 metadata,
+                str(doc.get("nonce", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{what} is malformed: {e}") from None

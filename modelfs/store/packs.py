@@ -32,13 +32,16 @@ class BlockLocation:
     checksum: str  # xxh3-128 of the stored bytes
 
 
-def encode_table(locations: list[BlockLocation]) -> bytes:
+def encode_table(locations: list[BlockLocation], nonce: str = "") -> bytes:
+    """A block table; nonce (format 4) makes a pack of the same blocks a new pack, for a
+    writer that must not reuse one a collection condemned."""
     return canonical_json(
         {
+            **({"nonce": nonce} if nonce else {}),
             "blocks": [
                 [b.block_id, b.offset, b.stored_length, b.length, b.codec, b.checksum]
                 for b in locations
-            ]
+            ],
         }
     )
 
@@ -66,7 +69,8 @@ def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
 class PackWriter:
     """Collects stored blocks into one pack. Not thread-safe: one writer per thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, nonce: str = "") -> None:
+        self.nonce = nonce
         self._parts: list[bytes] = []
         self._rows: list[BlockLocation] = []
         self.size = 0
@@ -83,7 +87,7 @@ class PackWriter:
 
     def finish(self) -> tuple[str, bytes, bytes, list[BlockLocation]]:
         """(pack id, pack bytes, table bytes, locations) for the blocks added."""
-        table = encode_table(self._rows)
+        table = encode_table(self._rows, self.nonce)
         # One join: each `+` would copy the whole pack again.
         body = b"".join([*self._parts, table, _TRAILER.pack(len(table), PACK_MAGIC)])
         # Named by its table, not its bytes: the table pins every block's id and the
@@ -110,3 +114,41 @@ def read_trailer(pack: bytes, pack_id: str) -> list[BlockLocation]:
     if object_id(table) != pack_id:
         raise FormatError(f"pack {pack_id} does not match its name: its block table was altered")
     return decode_table(table, pack_id)
+
+
+# A pack rewritten into one that is rewritten in turn is followed this far, no further.
+MAX_MOVES = 8
+
+
+def encode_moved(pack_id: str, moves: list[tuple[int, BlockLocation]]) -> bytes:
+    """The moved/ record of a rewritten pack: for each live block, its offset in the old
+    pack and its new location (the same stored bytes, so the same checksum)."""
+    return canonical_json(
+        {
+            "pack": pack_id,
+            "blocks": [
+                [old, b.block_id, b.pack, b.offset, b.stored_length, b.length, b.codec, b.checksum]
+                for old, b in sorted(moves, key=lambda m: m[0])
+            ],
+        }
+    )
+
+
+def parse_moved(data: bytes, pack_id: str) -> dict[int, BlockLocation]:
+    what = f"moved record of pack {pack_id}"
+    doc = parse_json(data, what)
+    try:
+        if doc["pack"] != pack_id:
+            raise ValueError(f"it is the record of {doc['pack']!r}")
+        out = {}
+        for old, bid, pack, offset, stored_length, length, codec, check in doc["blocks"]:
+            if not (is_hex_id(bid) and is_hex_id(pack)) or not all(
+                isinstance(n, int) and n >= 0 for n in (old, offset, stored_length, length)
+            ):
+                raise ValueError(f"bad row for block {bid!r}")
+            out[old] = BlockLocation(
+                bid, pack, offset, stored_length, length, str(codec), str(check)
+            )
+        return out
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{what} is malformed: {e}") from None

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..backends.base import Backend
-from ..errors import FormatError, NotFoundError
+from ..errors import ForgottenError, FormatError, NotFoundError
 from . import cas
 from .format import canonical_json, is_hex_id, parse_json
 from .metrics import Metrics, Value, check_metrics
@@ -43,10 +43,26 @@ class Version:
     mode: int = 0  # POSIX type and permission bits; 0: a regular file, 0644
     # Recorded with the version at its commit (format 3); later ones are in its names record.
     metrics: Mapping[str, Value] | None = None
+    # Removed from the history by a retention rule (format 4): {"time", "by", "rule"}.
+    # The entry keeps its manifest id, so a name set on it while it was being forgotten
+    # still keeps its content (a collector keeps forgotten versions that a name targets).
+    forgotten: Mapping[str, object] | None = None
 
     @property
     def deleted(self) -> bool:
         return self.manifest is None
+
+    @property
+    def readable(self) -> bool:
+        """A version with content that is still in the history (neither a deletion nor
+        forgotten)."""
+        return self.manifest is not None and not self.forgotten
+
+    def forgotten_note(self) -> str:
+        """Why the version is gone, for messages: "keep-last 2, by ana@gpu7 at 2026-...".'"""
+        f = self.forgotten or {}
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(f.get("time", 0))))
+        return f"{f.get('rule', 'a rule')}, by {f.get('by', '?')} at {when}"
 
     @property
     def file_mode(self) -> int:
@@ -66,11 +82,17 @@ class Ref:
             return None
         return self.versions[-1]
 
-    def get(self, number: int) -> Version:
+    def get(self, number: int, *, named: bool = False) -> Version:
+        """Version number of the path; named: reached through a tag, alias or snapshot,
+        which keeps a version readable even if it was forgotten (as it was being named)."""
         if 1 <= number <= len(self.versions):  # numbered 1, 2, 3... (checked on read)
             v = self.versions[number - 1]
             if v.deleted:
                 raise NotFoundError(f"version {number} of {self.path} is a deletion")
+            if v.forgotten and not named:
+                raise ForgottenError(
+                    f"version {number} of {self.path} was forgotten ({v.forgotten_note()})"
+                )
             return v
         raise NotFoundError(
             f"{self.path} has no version {number} (versions 1..{len(self.versions)})"
@@ -91,6 +113,10 @@ class Ref:
                     raise ValueError(f"version entry {i} is malformed")
                 if v.metrics is not None:
                     check_metrics(v.metrics)
+                if v.forgotten is not None and (
+                    not isinstance(v.forgotten, dict) or v.manifest is None
+                ):
+                    raise ValueError(f"version entry {i} is forgotten but malformed")
             named = path_stored_at(doc["path"], key, what)
             if path is not None and named != path:
                 raise ValueError(f"it names {named!r}")  # a hash collision of shortened names
@@ -103,6 +129,8 @@ def _entry(v: Version) -> dict:
     entry = asdict(v)
     if not v.metrics:
         del entry["metrics"]  # a version-2 reader knows no such field
+    if not v.forgotten:
+        del entry["forgotten"]  # nor a version-3 reader this one
     return entry
 
 
@@ -131,10 +159,12 @@ def append_version(
     mode: int = 0,
     metrics: Metrics | None = None,
     require_current: bool = False,
+    deadline: float | None = None,
 ) -> Version:
     """Publish a new version of path (manifest None: delete it) by compare-and-swap.
 
-    ConflictError if other writers changed the ref every time (cas.ATTEMPTS times).
+    ConflictError if other writers changed the ref every time (cas.ATTEMPTS times);
+    cas.DeadlinePassed if it would be sent after deadline (the commit window's end).
     """
     key = ref_key(path)
     made: list[Version] = []
@@ -151,5 +181,5 @@ def append_version(
         made[:] = [new]
         return Ref(path, versions + (new,)).to_bytes()
 
-    cas.update(backend, key, append, f"publish a version of {path}")
+    cas.update(backend, key, append, f"publish a version of {path}", deadline=deadline)
     return made[0]

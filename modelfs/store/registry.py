@@ -35,6 +35,7 @@ from functools import cache
 from ..errors import (
     AlreadyExistsError,
     ConflictError,
+    ForgottenError,
     FormatError,
     InvalidArgumentError,
     NotFoundError,
@@ -181,6 +182,8 @@ class NamesRecord:
     metrics: dict[int, dict[str, Value | None]] = field(default_factory=dict)
     snapshots: list[SnapshotEntry] = field(default_factory=list)
     log: list[Event] = field(default_factory=list)
+    # Snapshot numbers a retention rule forgot (format 4): {"time", "by", "rule"} each.
+    forgotten: dict[int, dict] = field(default_factory=dict)
 
     def metrics_of(self, version: int, recorded: Mapping[str, Value] | None = None) -> dict:
         """A version's metrics: those recorded with it, updated by those recorded later."""
@@ -192,11 +195,23 @@ class NamesRecord:
                 merged[name] = value
         return merged
 
-    def snapshot(self, number: int) -> SnapshotEntry:
+    def snapshot(self, number: int, *, named: bool = False) -> SnapshotEntry:
+        """Snapshot number; named: reached through a tag or alias (see Ref.get)."""
         if 1 <= number <= len(self.snapshots):
+            if number in self.forgotten and not named:
+                f = self.forgotten[number]
+                raise ForgottenError(
+                    f"snapshot {number} of {self.path} was forgotten ({f.get('rule', 'a rule')}"
+                    f", by {f.get('by', '?')})"
+                )
             return self.snapshots[number - 1]
         have = f"snapshots 1..{len(self.snapshots)}" if self.snapshots else "no snapshots yet"
         raise NotFoundError(f"directory {self.path} has no snapshot {number} ({have})")
+
+    @property
+    def kept_snapshots(self) -> list[SnapshotEntry]:
+        """The snapshots not forgotten, oldest first."""
+        return [s for s in self.snapshots if s.version not in self.forgotten]
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -219,6 +234,11 @@ class NamesRecord:
                     for s in self.snapshots
                 ],
                 "log": [e.to_json() for e in self.log],
+                **(
+                    {"forgotten": {str(n): f for n, f in self.forgotten.items()}}
+                    if self.forgotten
+                    else {}
+                ),
             }
         )
 
@@ -254,7 +274,10 @@ class NamesRecord:
                 if s.version != i or not is_hex_id(s.snapshot):
                     raise ValueError(f"snapshot entry {i} is malformed")
             log = [Event.from_json(e) for e in doc["log"]]
-            return cls(path, is_dir, names, metrics, snapshots, log)
+            forgotten = {int(n): dict(f) for n, f in doc.get("forgotten", {}).items()}
+            if any(not 1 <= n <= len(snapshots) for n in forgotten):
+                raise ValueError("it forgets a snapshot it does not have")
+            return cls(path, is_dir, names, metrics, snapshots, log, forgotten)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise FormatError(f"{what} is malformed: {e}") from None
 
@@ -307,7 +330,12 @@ def parse_record(data: bytes, key: str, *, damaged_ok: bool = False) -> NamesRec
 
 
 def update_record(
-    backend, path: str, is_dir: bool, change: Callable[[NamesRecord], bool]
+    backend,
+    path: str,
+    is_dir: bool,
+    change: Callable[[NamesRecord], bool],
+    *,
+    deadline: float | None = None,
 ) -> NamesRecord:
     """Apply change to the path's record by compare-and-swap (change returns False to write
     nothing; it may raise to refuse, and is called again if another writer got there first).
@@ -325,7 +353,7 @@ def update_record(
         result[:] = [record]
         return record.to_bytes() if changed else None
 
-    cas.update(backend, key, apply, f"change the names record of {path}")
+    cas.update(backend, key, apply, f"change the names record of {path}", deadline=deadline)
     return result[0]
 
 

@@ -60,7 +60,7 @@ class Selection:
 
 def _file_candidates(ref: Ref, record: NamesRecord | None, all_versions: bool) -> list[Candidate]:
     if all_versions:
-        versions = [v for v in ref.versions if not v.deleted]
+        versions = [v for v in ref.versions if v.readable]
     else:
         versions = [ref.current] if ref.current is not None else []
     out = []
@@ -72,7 +72,7 @@ def _file_candidates(ref: Ref, record: NamesRecord | None, all_versions: bool) -
 
 
 def _dir_candidates(record: NamesRecord, all_versions: bool) -> list[Candidate]:
-    snaps = record.snapshots if all_versions else record.snapshots[-1:]
+    snaps = record.kept_snapshots if all_versions else record.kept_snapshots[-1:]
     return [
         Candidate(
             record.path,

@@ -51,6 +51,7 @@ class SnapshotFile:
 class Snapshot:
     path: str  # the directory ('' for the whole store)
     files: tuple[SnapshotFile, ...]  # sorted by path
+    nonce: str = ""  # as a manifest's (format 4): the same snapshot under a new id
 
     @property
     def size(self) -> int:
@@ -64,6 +65,7 @@ class Snapshot:
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
+                **({"nonce": self.nonce} if self.nonce else {}),
                 "path": self.path,
                 "files": [
                     [f.path, f.version, f.manifest, f.size, f.content_hash, f.mode]
@@ -130,7 +132,7 @@ class Snapshot:
             for f in files:
                 if normalize_path(f.path) != f.path or not is_hex_id(f.manifest):
                     raise ValueError(f"file entry {f.path!r} is malformed")
-            return cls(path, files)
+            return cls(path, files, str(doc.get("nonce", "")))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"{what} is malformed: {e}") from None
 

@@ -41,12 +41,14 @@ import blake3
 from ..backends.base import Backend, ByteRange
 from ..errors import (
     AlreadyExistsError,
+    CollectedError,
     ConflictError,
     CorruptionError,
     DirectoryNotEmptyError,
     FormatError,
     InvalidArgumentError,
     IsADirectoryError_,
+    MissingPackError,
     ModelfsError,
     NameTooLongError,
     NotADirectoryError_,
@@ -54,10 +56,11 @@ from ..errors import (
     PermissionDeniedError,
     StoreNotFoundError,
 )
-from . import codecs
+from . import cas, codecs
 from .blockindex import BlockIndex
 from .checkpoints import torch_cuts
 from .chunking import RandomAccess, Span, split
+from .condemned import Check, CondemnedView
 from .format import (
     CONFIG_KEY,
     NAMES_VERSION,
@@ -68,12 +71,13 @@ from .format import (
     config_with_version,
     index_key,
     manifest_key,
+    moved_key,
     pack_key,
 )
 from .manifest import BlockRef, Manifest
 from .metrics import Metrics, check_metrics
 from .namespace import RefCache, Tree
-from .packs import BlockLocation, PackWriter, read_trailer
+from .packs import MAX_MOVES, BlockLocation, PackWriter, parse_moved, read_trailer
 from .paths import (
     META_PREFIX,
     REFS_PREFIX,
@@ -151,6 +155,9 @@ class FsckReport:
     missing_packs: list[str] = field(default_factory=list)
     affected: list[dict[str, object]] = field(default_factory=list)  # path, version, offset, ...
     repaired: list[str] = field(default_factory=list)  # what --repair did
+    # Harmless and reclaimable (`modelfs gc`): never a reason for fsck to fail.
+    garbage: dict[str, int] = field(default_factory=dict)
+    forgotten_versions: int = 0  # skipped: a retention rule removed them
 
     @property
     def ok(self) -> bool:
@@ -173,6 +180,9 @@ class Store:
         self._index_loaded = False
         self._config_lock = threading.Lock()
         self._ref_cache = RefCache()
+        self._condemned = CondemnedView(backend)
+        self._moved: dict[str, dict[int, BlockLocation]] = {}  # moved/ records are immutable
+        self._moved_lock = threading.Lock()
         # Manifests are immutable and checked against their id: keep the recent ones.
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
@@ -268,7 +278,7 @@ class Store:
         self._check_namespace(path)
         metadata = _check_metadata(metadata)
         metrics = check_metrics(metrics)
-        self.refresh_index()
+        check = self.check()
         with _open_source(source) as src:
             layout, layout_kind = _layout_of(src)
             spans = split(
@@ -277,31 +287,36 @@ class Store:
             ids, new_blocks, new_bytes, uploaded, content_hash = self._store_blocks(
                 src, spans, progress
             )
-        blocks = []
-        for span, bid in zip(spans, ids, strict=True):
-            loc = self.index.get(bid)
-            assert loc is not None, f"block {bid} vanished from the index"
-            blocks.append(BlockRef(span.offset, loc))
-        manifest = Manifest(
-            size=sum(s.length for s in spans),
-            content_hash=f"blake3:{content_hash}",
-            layout=layout_kind,
-            blocks=tuple(blocks),
-            metadata=metadata,
-        )
-        body = manifest.to_bytes()
-        manifest_id = manifest.id
-        try:
-            self.backend.put_if_absent(manifest_key(manifest_id), body)
-        except AlreadyExistsError:
-            pass  # the same content and metadata were stored before
-        self.require_format(key)
-        if metrics:
-            self.require_version(NAMES_VERSION, f"recording metrics with {path}")
-        version = append_version(
-            self.backend, path, manifest_id, size=manifest.size,
-            content_hash=manifest.content_hash, message=message, mode=mode, metrics=metrics,
-        )  # fmt: skip
+            for _attempt in range(cas.ATTEMPTS):
+                if time.monotonic() > check.started + self.config.commit_window / 2:
+                    check = self.check()  # a long upload: what collections condemned since
+                blocks, rescued = self._locate(src, spans, ids)
+                uploaded += rescued
+                manifest = Manifest(
+                    size=sum(s.length for s in spans),
+                    content_hash=f"blake3:{content_hash}",
+                    layout=layout_kind,
+                    blocks=tuple(blocks),
+                    metadata=metadata,
+                )
+                manifest_id = self._store_manifest(manifest, check)
+                self.require_format(key)
+                if metrics:
+                    self.require_version(NAMES_VERSION, f"recording metrics with {path}")
+                try:
+                    version = append_version(
+                        self.backend, path, manifest_id, size=manifest.size,
+                        content_hash=manifest.content_hash, message=message, mode=mode,
+                        metrics=metrics, deadline=check.deadline(self.config.commit_window),
+                    )  # fmt: skip
+                    break
+                except cas.DeadlinePassed:
+                    log.info(
+                        "committing %s took longer than the commit window; checking again", path
+                    )
+                    check = self.check()
+            else:
+                raise ConflictError(f"could not commit {path} within the store's commit window")
         result = PutResult(
             path, version.version, manifest.size, len(blocks), new_blocks, new_bytes, uploaded,
             manifest_id, manifest.layout, time.monotonic() - started,
@@ -316,13 +331,125 @@ class Store:
         """Store the blocks of these spans of source that the store lacks; returns the
         stored bytes uploaded. No version is made: a later put finds them and skips them."""
         if not self._index_loaded:
-            self.refresh_index()
+            self.check()
         return self._store_blocks(source, spans, None)[3]
 
+    # what collections condemned (condemned.py; FORMAT.md, "Collection")
+
+    def check(self, *, index: bool = True) -> Check:
+        """Start a commit window: read the collection records, then (index) the block
+        index afresh without the packs they condemn or whose index object is gone.
+        Every reference a writer then makes must be visible by the window's end."""
+        started = time.monotonic()
+        condemned = self._condemned.load()
+        if index:
+            with self._index_lock:
+                self.index.refresh(self.backend, self._io, exclude=condemned.packs)
+                self._index_loaded = True
+        return Check(started, condemned)
+
+    def _locate(
+        self, source: RandomAccess, spans: list[Span], ids: list[str]
+    ) -> tuple[list[BlockRef], int]:
+        """Each span's block in a pack writers may reference now; blocks found only in
+        condemned packs are stored again, in a pack of their own (a nonce makes it a new
+        pack even if it holds the same blocks). Returns the refs and the bytes uploaded."""
+        missing = [i for i, bid in enumerate(ids) if self.index.get(bid) is None]
+        uploaded = 0
+        if missing:
+            log.info(
+                "storing %d blocks again: the packs that held them are condemned", len(missing)
+            )
+            again = self._store_blocks(
+                source, [spans[i] for i in missing], None, nonce=os.urandom(16).hex()
+            )
+            if again[0] != [ids[i] for i in missing]:
+                raise ModelfsError("the file changed while it was being stored; store it again")
+            uploaded = again[3]
+        blocks = []
+        for span, bid in zip(spans, ids, strict=True):
+            loc = self.index.get(bid)
+            if loc is None:
+                raise ConflictError(f"block {bid} vanished from the index twice; try again")
+            blocks.append(BlockRef(span.offset, loc))
+        return blocks, uploaded
+
+    def _store_manifest(self, manifest: Manifest, check: Check) -> str:
+        """Upload a manifest; one that a collection condemned is stored again, as a copy
+        under a new id (a nonce), since the condemned one will be deleted."""
+        if manifest.id in check.condemned.manifests:
+            manifest = dataclasses.replace(manifest, nonce=os.urandom(16).hex())
+        try:
+            self.backend.put_if_absent(manifest_key(manifest.id), manifest.to_bytes())
+        except AlreadyExistsError:
+            pass  # the same content and metadata were stored before
+        return manifest.id
+
+    def referencable(self, manifest_id: str, check: Check) -> str:
+        """manifest_id, or the id of a copy of it that no collection has condemned (with
+        its blocks copied out of condemned packs): for a new reference to stored content
+        (a rename, a chmod, a snapshot). A current version's content is almost never
+        condemned; this is for the moment when it has just been forgotten elsewhere."""
+        condemned = check.condemned
+        if not condemned:
+            return manifest_id
+        manifest = self.load_manifest(manifest_id)
+        stale = [b.location for b in manifest.blocks if b.location.pack in condemned.packs]
+        if not stale and manifest_id not in condemned.manifests:
+            return manifest_id
+        moved = self.copy_blocks(stale, nonce=os.urandom(16).hex()) if stale else {}
+        blocks = tuple(
+            BlockRef(b.file_offset, moved.get((b.location.pack, b.location.offset), b.location))
+            for b in manifest.blocks
+        )
+        copy = dataclasses.replace(manifest, blocks=blocks)
+        return self._store_manifest(copy, check)
+
+    def copy_blocks(
+        self, locations: Sequence[BlockLocation], *, nonce: str = ""
+    ) -> dict[tuple[str, int], BlockLocation]:
+        """Copy blocks' stored bytes, verified, into new packs; returns each old
+        (pack, offset)'s new location. Nothing is decoded or encoded again."""
+        by_place = {(loc.pack, loc.offset): loc for loc in locations}
+        ordered = sorted(by_place.values(), key=lambda loc: (loc.pack, loc.offset))
+        out: dict[tuple[str, int], BlockLocation] = {}
+        writer = PackWriter(nonce)
+        placed: list[tuple[str, int]] = []
+
+        def flush() -> None:
+            nonlocal writer, placed
+            if len(writer):
+                pack_id, body, table, new = writer.finish()
+                for k, data in ((pack_key(pack_id), body), (index_key(pack_id), table)):
+                    try:
+                        self.backend.put_if_absent(k, data)
+                    except AlreadyExistsError:
+                        pass
+                self.index.add(pack_id, new)
+                out.update(zip(placed, new, strict=True))
+            writer, placed = PackWriter(nonce), []
+
+        for group in _coalesce(ordered):
+            stored = self._fetch_stored(group, check=True)
+            for loc in group:
+                writer.add(loc.block_id, stored[(loc.pack, loc.offset)], loc.length, loc.codec,
+                           loc.checksum)  # fmt: skip
+                placed.append((loc.pack, loc.offset))
+                if writer.size >= self.config.pack_size:
+                    flush()
+        flush()
+        return out
+
     def _store_blocks(
-        self, source: RandomAccess, spans: list[Span], progress: Progress | None
+        self,
+        source: RandomAccess,
+        spans: list[Span],
+        progress: Progress | None,
+        *,
+        nonce: str = "",
     ) -> tuple[list[str], int, int, int, str]:
-        """Hash, dedup, compress and upload the blocks of one file, in order."""
+        """Hash, dedup, compress and upload the blocks of one file, in order (nonce: into
+        packs of their own; see _locate)."""
         level = self.config.zstd_level
         claimed: set[str] = set()  # new blocks this put is storing
         claim_lock = threading.Lock()
@@ -339,7 +466,7 @@ class Store:
 
         whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
         ids: list[str] = []
-        writer = PackWriter()
+        writer = PackWriter(nonce)
         uploads: deque[Future[None]] = deque()
         new_blocks = new_bytes = uploaded = 0
 
@@ -347,7 +474,7 @@ class Store:
             nonlocal writer
             if len(writer):
                 uploads.append(self._io.submit(self._upload_pack, writer))
-                writer = PackWriter()
+                writer = PackWriter(nonce)
             while len(uploads) > UPLOADS_IN_FLIGHT - 1:  # bound memory
                 uploads.popleft().result()
 
@@ -632,16 +759,19 @@ class Store:
         its previous version or the renamed content, never a mix.
         """
         old, new = normalize_path(old), normalize_path(new)
+        check = self.check(index=False)
         source = self.version(old)
         if old == new:
             return source
         key = self.check_new_path(new)
         self._check_namespace(new, "rename to")
         self.require_format(key)
+        assert source.manifest is not None
         version = append_version(
-            self.backend, new, source.manifest, size=source.size, mode=source.mode,
-            content_hash=source.content_hash, message=message or f"renamed from {old}",
-            metrics=self._carried_metrics(old, source),
+            self.backend, new, self.referencable(source.manifest, check), size=source.size,
+            mode=source.mode, content_hash=source.content_hash,
+            message=message or f"renamed from {old}", metrics=self._carried_metrics(old, source),
+            deadline=check.deadline(self.config.commit_window),
         )  # fmt: skip
         append_version(self.backend, old, None, message=f"renamed to {new}")
         return version
@@ -650,31 +780,32 @@ class Store:
         """A new version of path with the same content and this metadata (no data moves)."""
         path = normalize_path(path)
         metadata = _check_metadata(metadata)
+        check = self.check(index=False)
         current = self.version(path)
         assert current.manifest is not None
-        manifest = self.load_manifest(current.manifest)
+        manifest = self.load_manifest(self.referencable(current.manifest, check))
         if manifest.metadata == metadata:
             return current
-        updated = dataclasses.replace(manifest, metadata=metadata)
-        try:
-            self.backend.put_if_absent(manifest_key(updated.id), updated.to_bytes())
-        except AlreadyExistsError:
-            pass
+        updated = dataclasses.replace(manifest, metadata=metadata, nonce="")
         return append_version(
-            self.backend, path, updated.id, size=current.size, mode=current.mode,
-            content_hash=current.content_hash, message=message or "metadata changed",
-            metrics=self._carried_metrics(path, current),
+            self.backend, path, self._store_manifest(updated, check), size=current.size,
+            mode=current.mode, content_hash=current.content_hash,
+            message=message or "metadata changed", metrics=self._carried_metrics(path, current),
+            deadline=check.deadline(self.config.commit_window),
         )  # fmt: skip
 
     def chmod(self, path: str, mode: int) -> Version:
         """A new version of path with the same content and these mode bits."""
+        check = self.check(index=False)
         current = self.version(path)
         if current.file_mode == mode:
             return current  # rsync and cp -p set the mode a file already has
+        assert current.manifest is not None
         return append_version(
-            self.backend, normalize_path(path), current.manifest, size=current.size, mode=mode,
-            content_hash=current.content_hash, message="mode changed",
-            metrics=self._carried_metrics(path, current),
+            self.backend, normalize_path(path), self.referencable(current.manifest, check),
+            size=current.size, mode=mode, content_hash=current.content_hash,
+            message="mode changed", metrics=self._carried_metrics(path, current),
+            deadline=check.deadline(self.config.commit_window),
         )  # fmt: skip
 
     def _carried_metrics(self, path: str, current: Version) -> dict | None:
@@ -743,26 +874,86 @@ class Store:
         return [results[(b.location.pack, b.location.offset)] for b in blocks]
 
     def _fetch_group(self, group: list[BlockLocation]) -> dict[tuple[str, int], bytes]:
+        """The verified plaintext of neighbouring blocks of one pack, by (pack, offset)."""
+        stored = self._fetch_stored(group, check=False)
+        places = list(stored)
+
+        def check(place: tuple[str, int]) -> bytes:
+            loc, data = stored[place]
+            return verify_block(loc, data)
+
+        # One request may bring many blocks; verify and decode them on every core.
+        plain = self._cpu.map(check, places) if len(places) > 1 else map(check, places)
+        return dict(zip(places, plain, strict=True))
+
+    def _fetch_stored(
+        self, group: list[BlockLocation], *, check: bool = True, hops: int = 0
+    ) -> dict:
+        """The stored bytes of neighbouring blocks of one pack, with one ranged GET, by
+        (pack, offset) as the caller named them. check: verified (checksum, decode, id),
+        and only the bytes are returned; otherwise (location, bytes) for the caller to
+        verify. A pack that a collection rewrote is followed to where its live blocks
+        went (moved/)."""
         first, last = group[0], group[-1]
         start, end = first.offset, last.offset + last.stored_length
         try:
             data = self.backend.get(pack_key(first.pack), ByteRange(start, end - start))
         except NotFoundError:
-            raise CorruptionError(
-                f"pack {first.pack} is missing from the store",
-                block_id=first.block_id,
-                pack=first.pack,
-            ) from None
+            return self._fetch_moved(group, check=check, hops=hops)
         view = memoryview(data)
+        out: dict = {}
+        for loc in group:
+            piece = view[loc.offset - start : loc.offset - start + loc.stored_length]
+            if check:
+                verify_block(loc, piece)
+                out[(loc.pack, loc.offset)] = bytes(piece)
+            else:
+                out[(loc.pack, loc.offset)] = (loc, piece)
+        return out
 
-        def check(loc: BlockLocation) -> bytes:
-            return verify_block(
-                loc, view[loc.offset - start : loc.offset - start + loc.stored_length]
+    def _fetch_moved(self, group: list[BlockLocation], *, check: bool, hops: int) -> dict:
+        pack = group[0].pack
+        moved = self.moved(pack) if hops < MAX_MOVES else None
+        if moved is None:
+            raise MissingPackError(
+                f"pack {pack} is missing from the store", block_id=group[0].block_id, pack=pack
             )
+        targets = []
+        for loc in group:
+            target = moved.get(loc.offset)
+            if target is None or target.block_id != loc.block_id:
+                raise CollectedError(
+                    f"block {loc.block_id} of pack {pack} was collected: no version the "
+                    "store keeps holds it any more"
+                )
+            targets.append(target)
+        out: dict = {}
+        by_pack: dict[str, list[BlockLocation]] = {}
+        for t in targets:
+            by_pack.setdefault(t.pack, []).append(t)
+        for new_group in (g for locs in by_pack.values() for g in _coalesce(locs)):
+            out.update(self._fetch_stored(new_group, check=check, hops=hops + 1))
+        return {
+            (loc.pack, loc.offset): out[(t.pack, t.offset)]
+            for loc, t in zip(group, targets, strict=True)
+        }
 
-        # One request may bring many blocks; verify and decode them on every core.
-        plain = self._cpu.map(check, group) if len(group) > 1 else map(check, group)
-        return {(loc.pack, loc.offset): p for loc, p in zip(group, plain, strict=True)}
+    def moved(self, pack: str) -> dict[int, BlockLocation] | None:
+        """Where a rewritten pack's live blocks went, by their offset in it (None: the
+        pack was not rewritten)."""
+        with self._moved_lock:
+            if pack in self._moved:
+                return self._moved[pack]
+        try:
+            found: dict[int, BlockLocation] | None = parse_moved(
+                self.backend.get(moved_key(pack)), pack
+            )
+        except NotFoundError:
+            found = None
+        with self._moved_lock:
+            if found is not None:  # absent is not cached: a collection may be writing it
+                self._moved[pack] = found
+        return found
 
     # checking
 
@@ -773,8 +964,9 @@ class Store:
         self.refresh_index()
         pack_keys = {k.rsplit("/", 1)[-1] for k in self.backend.list("packs/")}
         indexed = self.index.packs()
-        for pack_id in sorted(pack_keys - indexed):
-            report.problems.append(f"pack {pack_id} has no index object (its blocks are unused)")
+        # A pack without its index object is a pack a collection condemned, or one a
+        # crash left before its index object: garbage either way (reads never need it).
+        unindexed = pack_keys - indexed
         bad_locations: dict[tuple[str, int], str] = {}
 
         def check_pack(pack_id: str) -> tuple[str, int, int, dict[tuple[str, int], str]]:
@@ -837,6 +1029,9 @@ class Store:
             for v in ref.versions:
                 if v.deleted:
                     continue
+                if v.forgotten:
+                    report.forgotten_versions += 1
+                    continue  # its content may be collected; a name on it is checked below
                 report.versions_checked += 1
                 assert v.manifest is not None
                 try:
@@ -845,9 +1040,9 @@ class Store:
                     report.affected.append({"path": path, "version": v.version, "problem": str(e)})
                     continue
                 for b in manifest.blocks:
-                    loc = b.location
+                    loc = self._followed(b.location, pack_keys)
                     why = bad_locations.get((loc.pack, loc.offset))
-                    if why is None and loc.pack in missing:
+                    if why is None and (loc.pack in missing or loc.pack not in pack_keys):
                         why = f"pack {loc.pack} is missing"
                     if why is not None:
                         report.affected.append(
@@ -855,7 +1050,28 @@ class Store:
                              "length": loc.length, "block": loc.block_id, "problem": why}
                         )  # fmt: skip
         self._check_names(report, repair)
+        from .reachability import space  # it builds on this module
+
+        where = space(self)
+        report.garbage = {
+            "reclaimable_bytes": where["reclaimable_bytes"],
+            "packs_without_index": len(unindexed),
+            "forgotten_versions": where["forgotten_versions"],
+            "collections_pending": len(list(self.backend.list("gc/condemned/"))),
+        }
         return report
+
+    def _followed(self, loc: BlockLocation, existing: set[str]) -> BlockLocation:
+        """Where a block is now: its pack, or where a rewrite of that pack moved it."""
+        for _ in range(MAX_MOVES):
+            if loc.pack in existing:
+                return loc
+            moved = self.moved(loc.pack)
+            target = moved.get(loc.offset) if moved is not None else None
+            if target is None or target.block_id != loc.block_id:
+                return loc
+            loc = target
+        return loc
 
     def _check_names(self, report: FsckReport, repair: bool) -> None:
         """Every names record parses, each name's target exists with the content it names,
@@ -891,9 +1107,9 @@ class Store:
                         target = load_record(self.backend, t.path, is_dir=True)
                         if target is None:
                             raise NotFoundError(f"{t.path} has no snapshots")
-                        found = target.snapshot(t.version).content_hash
+                        found = target.snapshot(t.version, named=True).content_hash
                     else:
-                        found = self.version(t.path, t.version).content_hash
+                        found = self.ref(t.path).get(t.version, named=True).content_hash
                     if found != t.content_hash:
                         raise FormatError(f"that version holds {found}, not {t.content_hash}")
                 except ModelfsError as e:
