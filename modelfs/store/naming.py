@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from ..errors import InvalidArgumentError
 from .addresses import Address, Resolved, parse_address, resolve
+from .condemned import Check
 from .format import NAMES_VERSION
 from .metrics import Value
 from .registry import (
@@ -32,18 +33,20 @@ from .snapshots import join, save_snapshot
 from .store import Store
 
 
-def pin(store: Store, resolved: Resolved) -> Resolved:
-    """A resolved version that has a number: a directory as it is now gets a snapshot."""
+def pin(store: Store, resolved: Resolved, check: Check | None = None) -> Resolved:
+    """A resolved version that has a number: a directory as it is now gets a snapshot.
+    check: the commit window the resolution started (see condemned.py)."""
     if resolved.version is not None:
         return resolved
     assert resolved.snapshot is not None
     snap = resolved.snapshot
     store.require_version(NAMES_VERSION, f"numbering a snapshot of {snap.path}")
-    snapshot_id = save_snapshot(store, snap)
+    snapshot_id = save_snapshot(store, snap, check)
     entry = add_snapshot(
         store.backend, snap.path,
         lambda n: SnapshotEntry(n, snapshot_id, snap.content_hash, time.time(),
                                 len(snap.files), snap.size),
+        deadline=check.deadline(store.config.commit_window) if check is not None else None,
     )  # fmt: skip
     return Resolved(resolved.address, snap.path, True, entry.version, entry.content_hash, None,
                     snap, resolved.via, {})  # fmt: skip
@@ -54,10 +57,10 @@ def owner_of(address: Address) -> str:
 
 
 def _target(
-    store: Store, address: str, owner: str | None = None
+    store: Store, address: str, owner: str | None = None, check: Check | None = None
 ) -> tuple[Address, Resolved, Target]:
     parsed = parse_address(address)
-    resolved = pin(store, resolve(store, parsed))
+    resolved = pin(store, resolve(store, parsed), check)
     owner = owner_of(parsed) if owner is None else parse_address(owner).path
     if not (resolved.path == owner or resolved.path.startswith(owner + "/")):
         raise InvalidArgumentError(f"{address} resolves to {resolved.pinned}, outside {owner}")
@@ -78,7 +81,10 @@ def name_version(
     target it had before (None if new) and the version it names now. The name belongs to
     the path the address names, or to owner (a directory the version lies under:
     `run@champion` naming run/step-2)."""
-    parsed, resolved, target = _target(store, address, owner)
+    # The version is read, then named: a collection that meanwhile condemns what it
+    # holds waits longer than the commit window, so the name must land within it.
+    check = store.check(index=False)
+    parsed, resolved, target = _target(store, address, owner, check)
     owner = owner_of(parsed) if owner is None else parse_address(owner).path
     expected = None
     if expect is not None:
@@ -87,6 +93,7 @@ def name_version(
     named, before = set_name(
         store.backend, owner, _owner_is_dir(store, owner, resolved), name, target,
         alias=alias, message=message, expect=expected,
+        deadline=check.deadline(store.config.commit_window),
     )  # fmt: skip
     return named, before, resolved
 
@@ -128,7 +135,8 @@ def measure(
     store: Store, address: str, metrics: Mapping[str, Value | None], *, message: str = ""
 ) -> Resolved:
     """Record metrics of the version an address names (None removes one); no new version."""
-    parsed, resolved, target = _target(store, address)
+    check = store.check(index=False)
+    parsed, resolved, target = _target(store, address, check=check)
     store.require_version(NAMES_VERSION, f"recording metrics of {resolved.pinned}")
     record: NamesRecord = record_metrics(
         store.backend, target.path, target.is_dir, target.version, metrics, message=message

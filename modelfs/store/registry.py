@@ -367,6 +367,7 @@ def set_name(
     alias: bool,
     message: str = "",
     expect: Target | None = None,
+    deadline: float | None = None,
 ) -> tuple[Name, Target | None]:
     """Point a tag or alias of owner at target. A tag that exists is refused unless it
     already names target (then nothing changes); an alias moves, and with expect given it
@@ -401,7 +402,7 @@ def set_name(
         record.log.append(Event(now, who(), kind, name, before[0], target, message))
         return True
 
-    record = update_record(backend, owner, owner_is_dir, change)
+    record = update_record(backend, owner, owner_is_dir, change, deadline=deadline)
     return record.names[name], before[0]
 
 
@@ -453,7 +454,11 @@ def record_metrics(
 
 
 def add_snapshot(
-    backend, directory: str, entry_for: Callable[[int], SnapshotEntry]
+    backend,
+    directory: str,
+    entry_for: Callable[[int], SnapshotEntry],
+    *,
+    deadline: float | None = None,
 ) -> SnapshotEntry:
     """Number a snapshot of directory (the next number, or the number of the newest one if
     it is the same snapshot object) and return its entry."""
@@ -468,7 +473,7 @@ def add_snapshot(
         got[:] = [entry]
         return True
 
-    update_record(backend, directory, True, change)
+    update_record(backend, directory, True, change, deadline=deadline)
     return got[0]
 
 

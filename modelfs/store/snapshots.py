@@ -17,7 +17,9 @@ one moment, as far as any reader could tell.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ from .paths import normalize_path, normalize_prefix
 from .refs import Version
 
 if TYPE_CHECKING:  # the store imports this module (fsck checks snapshots)
+    from .condemned import Check
     from .store import Store
 
 log = logging.getLogger(__name__)
@@ -176,8 +179,20 @@ def take_snapshot(store: Store, directory: str) -> Snapshot:
     return Snapshot(directory, files)
 
 
-def save_snapshot(store: Store, snapshot: Snapshot) -> str:
-    """Store a snapshot object (put-if-absent: one id, one content) and return its id."""
+def save_snapshot(store: Store, snapshot: Snapshot, check: Check | None = None) -> str:
+    """Store a snapshot object (put-if-absent: one id, one content) and return its id.
+
+    check: what collections had condemned when the snapshot was listed (the start of
+    the commit window): a file whose manifest is condemned is pointed at a copy, and a
+    snapshot object that is condemned is stored again under a new id (a nonce)."""
+    if check is not None and check.condemned:
+        files = tuple(
+            dataclasses.replace(f, manifest=store.referencable(f.manifest, check))
+            for f in snapshot.files
+        )
+        snapshot = dataclasses.replace(snapshot, files=files)
+        if snapshot.id in check.condemned.snapshots:
+            snapshot = dataclasses.replace(snapshot, nonce=os.urandom(16).hex())
     try:
         store.backend.put_if_absent(snapshot_key(snapshot.id), snapshot.to_bytes())
     except AlreadyExistsError:
