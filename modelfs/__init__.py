@@ -9,11 +9,16 @@ The Python API in brief:
     modelfs.save_model("bert", params, store=store)
     params = modelfs.load_model("bert", store=store)
     d = modelfs.compare_models("bert@1", "bert@champion", store=store)  # tensor by tensor
+    store.forget("ckpt/", keep_last=2, keep_best=1, by="accuracy")   # retention by rule
+    store.gc()                                   # reclaim what nothing kept reaches
 """
 
 from .client import Client, init_store, open_store
 from .errors import (
+    CollectedError,
+    CollectionInProgressError,
     CorruptionError,
+    ForgottenError,
     FormatError,
     InvalidPathError,
     ModelfsError,
@@ -26,7 +31,8 @@ from .models import load_model, save_model, select_model, update_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client", "CorruptionError", "FormatError", "InvalidPathError", "ModelfsError",
+    "Client", "CollectedError", "CollectionInProgressError", "CorruptionError",
+    "ForgottenError", "FormatError", "InvalidPathError", "ModelfsError",
     "NotFoundError", "StoreNotFoundError", "UnsupportedFormatError", "init_store",
     "load_model", "open_store", "save_model", "select_model", "update_model",
     "compare_models", "compare_series",

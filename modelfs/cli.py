@@ -74,6 +74,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def duration(text: str) -> float:
+    """An argparse type: 30d, 12h, 1h30m, 90s or seconds (retention.parse_duration)."""
+    try:
+        return parse_duration(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -912,14 +920,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("target", help="a file, a directory (everything under it), or / for the store")
     sp.add_argument("--keep-last", type=int, metavar="N", help="keep each path's N newest versions")
-    sp.add_argument("--keep-within", type=parse_duration, metavar="DURATION",
+    sp.add_argument("--keep-within", type=duration, metavar="DURATION",
                     help="keep versions committed within this long (30d, 12h, 1h30m)")  # fmt: skip
     sp.add_argument(
         "--keep-best", type=int, metavar="K", help="keep the K best versions --by a metric"
     )
     sp.add_argument("--by", metavar="METRIC[:min]",
                     help="the metric --keep-best ranks by: higher is better, or METRIC:min")  # fmt: skip
-    sp.add_argument("--keep-alias-history", type=parse_duration, default=DEFAULT_ALIAS_HISTORY,
+    sp.add_argument("--keep-alias-history", type=duration, default=DEFAULT_ALIAS_HISTORY,
                     metavar="DURATION",
                     help="keep what an alias named within this long (default 7d)")  # fmt: skip
     sp.add_argument("--dry-run", action="store_true",
@@ -934,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--dry-run", action="store_true", help="say what would be condemned; change nothing"
     )
-    sp.add_argument("--grace", type=parse_duration, default=DEFAULT_GRACE, metavar="DURATION",
+    sp.add_argument("--grace", type=duration, default=DEFAULT_GRACE, metavar="DURATION",
                     help=f"how long condemned objects wait before deletion (default {DEFAULT_GRACE:g} s; "
                     "at least twice the store's commit window)")  # fmt: skip
     sp.add_argument("--repack", type=float, default=DEFAULT_REPACK, metavar="FRACTION",

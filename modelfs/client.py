@@ -445,9 +445,17 @@ class Client:
 
     # retention and collection
 
-    def forget(self, target: str, policy: Policy, *, dry_run: bool = False) -> ForgetPlan:
+    def forget(
+        self, target: str, policy: Policy | None = None, *, dry_run: bool = False, **rules: Any
+    ) -> ForgetPlan:
         """Forget the versions under target (a path, a directory, '' for the store) that
-        policy does not keep; dry_run: only say which, and what a gc would then free."""
+        the policy does not keep: a Policy, or its fields as keywords (keep_last=2,
+        keep_within=seconds, keep_best=1, by="accuracy" or "loss:min", alias_history=).
+        dry_run: only say which, and what a gc would then free."""
+        if policy is None:
+            policy = Policy(**rules)
+        elif rules:
+            raise InvalidArgumentError("give a Policy or its rules as keywords, not both")
         plan = plan_forget(self.store, target, policy)
         if dry_run:
             estimate_freed(self.store, plan)

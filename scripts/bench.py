@@ -83,6 +83,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -110,10 +111,13 @@ import modelfs
 from modelfs.backends import open_backend
 from modelfs.backends.base import Backend, BlobInfo, ByteRange, Data
 from modelfs.cli import parse_size
+from modelfs.errors import ForgottenError
 from modelfs.store.addresses import resolve
+from modelfs.store.format import StoreConfig
 from modelfs.store.paths import names_key, ref_key
 from modelfs.store.refs import Ref
 from modelfs.store.registry import Event, Name, NamesRecord, Target
+from modelfs.store.retention import Policy
 from modelfs.store.selection import select
 from modelfs.store.store import DEFAULT_MAX_REQUESTS, Store
 
@@ -1767,6 +1771,517 @@ def report_diff(d: dict[str, Any]) -> list[str]:
     ]
 
 
+# reclaiming space
+
+
+GC_POLICY = Policy(keep_last=2, keep_best=1, by="loss:min")  # the training run's forget
+GC_TARGET = 0.95  # of the unreachable stored bytes, reclaimed by one gc
+GC_REPACK_LOW = 0.01  # the second gc of the training run: rewrite packs 1% dead or more
+GC_CHANGED = 0.20  # of the checkpoint's tensors, by count, changed from one version to the next
+GC_FINETUNE_PATH = "run/minilm/model.safetensors"
+GC_CHECKPOINT_PATH = "run/checkpoints/model.safetensors"
+GC_MANY_PATHS = 4  # paths the many-versions store's versions are spread over, round robin
+GC_MANY_SIZE = 4 << 20  # each version of each of those paths
+GC_MANY_TENSOR_MIN = 64 << 10  # a version changes one tensor at least this large
+GC_MANY_KEPT = 0.04  # of each path's versions, the newest, kept by its forget (keep-last)
+
+
+def bench_cache_dir() -> Path:
+    """Where the trained fine-tune series are kept between runs (shared with --peers)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelfs-bench"
+
+
+def finetune_series(n: int) -> tuple[list[Path], dict[str, float]]:
+    """scripts/finetune.py's frozen-layer series of n checkpoints (trained once, then from
+    the cache), and the mean training loss of each checkpoint's steps by file name."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import finetune
+
+    paths = finetune.make_checkpoints(bench_cache_dir() / "checkpoints", "frozen", n)
+    record = json.loads((paths[0].parent / "frozen-manifest.json").read_text())
+    return paths, record["losses"]
+
+
+def _sha256(source: Path | bytes) -> str:
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    with open(source, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fresh(url: str) -> modelfs.Client:
+    """A client as a new `modelfs` process has: no manifest in memory, no disk cache."""
+    return modelfs.open_store(url, use_disk_cache=False)
+
+
+def _pack_sizes(client: modelfs.Client) -> dict[str, int]:
+    return {i.key.rsplit("/", 1)[-1]: i.size for i in client.store.backend.list_info("packs/")}
+
+
+def _unreachable(
+    client: modelfs.Client, manifests: dict[tuple[str, int], str], forgotten: set[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """(pack, offset) -> stored length of each block that only forgotten versions list,
+    from the manifests alone (read here, not by the collector): what a gc should delete."""
+    blocks = {}
+    for m in set(manifests.values()):
+        locations = (b.location for b in client.store.load_manifest(m).blocks)
+        blocks[m] = {(loc.pack, loc.offset): loc.stored_length for loc in locations}
+    kept: set[tuple[str, int]] = set()
+    for pv, m in manifests.items():
+        if pv not in forgotten:
+            kept.update(blocks[m])
+    return {b: n for pv in forgotten for b, n in blocks[manifests[pv]].items() if b not in kept}
+
+
+def _await_age(last_write: float, grace: float, s3: bool) -> None:
+    """Sleep until what was written at last_write (time.monotonic()) is older than the grace
+    period by the store's clock: a collection condemns nothing younger. S3's object times
+    are whole seconds (LastModified), so one second more there."""
+    left = last_write + grace + (1.1 if s3 else 0.1) - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+
+
+def _requests_since(client: modelfs.Client, before: dict[str, int]) -> dict[str, int]:
+    after = client.store.backend.request_counts()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def _timed(
+    url: str, fn: Callable[[modelfs.Client, Callable[[str], None]], Any], repeats: int = 1
+) -> dict[str, Any]:
+    """fn(a fresh client, a progress callback), `repeats` times, each timed from after the
+    store opened: {seconds: {values, median, min, max}, requests (the first run's, by HTTP
+    method; {} on a local store), result (the last run's), progress: [(seconds since the
+    start, line)] (the last run's)}."""
+    walls, requests, result = [], [], None
+    events: list[tuple[float, str]] = []
+    for _ in range(repeats):
+        with _fresh(url) as client:
+            before = dict(client.store.backend.request_counts())
+            events.clear()
+            t0 = time.perf_counter()
+
+            def progress(msg: str, t0: float = t0) -> None:
+                events.append((time.perf_counter() - t0, msg))
+
+            result = fn(client, progress)
+            walls.append(time.perf_counter() - t0)
+            requests.append(_requests_since(client, before))
+    return {"seconds": _median_run(walls), "requests": requests[0], "result": result,
+            "progress": list(events)}  # fmt: skip
+
+
+def _collect(url: str, grace: float, repack: float | None = None) -> dict[str, Any]:
+    """One gc in a fresh client (condemn, wait out the grace period, sweep): wall seconds,
+    the seconds of them spent waiting out the grace (from its progress lines), requests,
+    and its GcReport."""
+    options = {"grace": grace} | ({"repack": repack} if repack is not None else {})
+    run = _timed(url, lambda c, progress: c.gc(progress=progress, **options))
+    wall, events = run["seconds"]["median"], run["progress"]
+    waited = sum(
+        (events[i + 1][0] if i + 1 < len(events) else wall) - t
+        for i, (t, msg) in enumerate(events)
+        if msg.startswith("waiting")
+    )
+    return {"seconds": wall, "grace_wait_seconds": waited, "work_seconds": wall - waited,
+            "requests": run["requests"], "report": run["result"]}  # fmt: skip
+
+
+def _space(
+    client: modelfs.Client, before: dict[str, int], unreachable: dict[tuple[str, int], int],
+    reclaimed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Stored bytes after a gc, and what of the unreachable is still stored."""
+    after = _pack_sizes(client)
+    unreachable_bytes = sum(unreachable.values())
+    left = sum(n for (pack, _), n in unreachable.items() if pack in after)
+    return {
+        "reclaimed_pack_bytes": reclaimed,
+        "pack_bytes_after": sum(after.values()),
+        "packs_after": len(after),
+        "left_unreachable_bytes": left,
+        "reclaimed_fraction": 1 - left / unreachable_bytes if unreachable_bytes else 1.0,
+        "reclaimed_vs_unreachable": reclaimed / unreachable_bytes if unreachable_bytes else 1.0,
+    }
+
+
+def _check_retained(
+    url: str, hashes: dict[tuple[str, int], str], forgotten: set[tuple[str, int]]
+) -> dict[str, Any]:
+    """Through a fresh client (no cache): every retained version reads back with the
+    sha256 of what was put, and every forgotten one is refused (ForgottenError)."""
+    t0 = time.perf_counter()
+    bad: list[str] = []
+    refused = 0
+    with _fresh(url) as client:
+        for (path, v), digest in sorted(hashes.items()):
+            if (path, v) in forgotten:
+                try:
+                    client.open(path, v).close()
+                except ForgottenError:
+                    refused += 1
+                continue
+            h = hashlib.sha256()
+            with client.open(path, v) as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            if h.hexdigest() != digest:
+                bad.append(f"{path}@{v}")
+    return {
+        "retained_versions": len(hashes) - len(forgotten),
+        "retained_verified": not bad,
+        "mismatched": bad,
+        "forgotten_refused": refused == len(forgotten),
+        "verify_seconds": time.perf_counter() - t0,
+    }
+
+
+def forget_and_collect(
+    url: str, writer: modelfs.Client, manifests: dict[tuple[str, int], str],
+    hashes: dict[tuple[str, int], str], expected: set[tuple[str, int]], target: str,
+    policy: Policy, grace: float, repeats: int, last_write: float, log: Callable[[str], None],
+    *, second_repack: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a user runs once versions pile up, each step timed in a fresh client as a new
+    `modelfs` process would be: gc --dry-run (the scan, every version still kept), forget
+    --dry-run, forget, gc --dry-run, gc; then, with second_repack, a second gc with
+    --repack second_repack. Stored bytes before and after against what should go
+    (`expected`, the versions the rules forget, worked out by the caller), and every
+    retained version read back."""
+    s3 = url.startswith("s3://")
+    packs_before = _pack_sizes(writer)
+    unreachable = _unreachable(writer, manifests, expected)
+    stats = writer.store_stats()
+    _await_age(last_write, grace, s3)
+    log("  gc --dry-run (every version kept), forget --dry-run, forget")
+    scan_all = _timed(url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
+    dry_forget = _timed(url, lambda c, _: c.forget(target, policy, dry_run=True), repeats)
+    forget = _timed(url, lambda c, _: c.forget(target, policy))
+    plan = forget["result"]
+    forgotten = {(p.path, n) for p in plan.plans if not p.is_dir for n in p.forget}
+    log("  gc --dry-run, gc")
+    scan = _timed(url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
+    gc = _collect(url, grace)
+    report = gc["report"]
+    with _fresh(url) as client:
+        space = _space(client, packs_before, unreachable, report.reclaimed.get("pack_bytes", 0))
+    log(f"  reclaimed {space['reclaimed_fraction']:.1%} of {sum(unreachable.values()) / MB:.1f}"
+        f" MB unreachable in {gc['seconds']:.1f} s ({gc['grace_wait_seconds']:.1f} s grace)")  # fmt: skip
+    out: dict[str, Any] = {
+        "versions": len(manifests),
+        "policy": policy.describe(),
+        "forgotten": sorted(f"{p}@{v}" for p, v in forgotten),
+        "forgotten_versions": len(forgotten),
+        "forget_as_expected": forgotten == expected,
+        "forget_estimate_freed_bytes": dry_forget["result"].freed_bytes,
+        "stats_before": {k: stats[k] for k in ("pack_bytes", "live_bytes",
+                         "history_only_bytes", "reclaimable_bytes")},  # fmt: skip
+        "pack_bytes_before": sum(packs_before.values()),
+        "packs_before": len(packs_before),
+        "unreachable_stored_bytes": sum(unreachable.values()),
+        "unreachable_blocks": len(unreachable),
+        **space,
+        "target_fraction": GC_TARGET,
+        "target_met": space["reclaimed_fraction"] >= GC_TARGET,
+        "scan_all_kept": {"seconds": scan_all["seconds"], "requests": scan_all["requests"],
+                          "examined": scan_all["result"].examined},
+        "forget_dry_run": {k: dry_forget[k] for k in ("seconds", "requests")},
+        "forget": {"seconds": forget["seconds"]["median"], "requests": forget["requests"]},
+        "scan": {"seconds": scan["seconds"], "requests": scan["requests"],
+                 "examined": scan["result"].examined, "condemned": scan["result"].condemned},
+        "gc": {**gc, "report": report.to_json()},
+    }  # fmt: skip
+    if second_repack is not None:
+        log(f"  a second gc --repack {second_repack:g}")
+        again = _collect(url, grace, second_repack)
+        with _fresh(url) as client:
+            more = _space(
+                client, packs_before, unreachable,
+                space["reclaimed_pack_bytes"] + again["report"].reclaimed.get("pack_bytes", 0),
+            )  # fmt: skip
+        out["second_gc"] = {**again, **more, "repack": second_repack,
+                            "report": again["report"].to_json()}  # fmt: skip
+    out.update(_check_retained(url, hashes, forgotten))
+    return out
+
+
+def gc_training_run(
+    url: str, work: Path, finetune: tuple[list[Path], dict[str, float]], size: int,
+    steps: int, grace: float, repeats: int, seed: int, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """A training run's store: the fine-tune series (its training loss on each version)
+    and `steps` versions of a `size` checkpoint changing GC_CHANGED of its tensors each
+    time (a validation loss that bottoms out mid-run), tags and an alias on some; then
+    forget by GC_POLICY and gc (forget_and_collect)."""
+    rng = np.random.default_rng(seed)  # the same run on every backend
+    config = StoreConfig(commit_window=grace / 3)
+    manifests: dict[tuple[str, int], str] = {}
+    hashes: dict[tuple[str, int], str] = {}
+    losses: dict[str, dict[int, float]] = {GC_FINETUNE_PATH: {}, GC_CHECKPOINT_PATH: {}}
+    ckpt = work / "gc-checkpoint.safetensors"
+    t0 = time.perf_counter()
+    with modelfs.open_store(url, create=True, config=config, use_disk_cache=False) as client:
+
+        def put(path: str, source: Path, v: int, loss: float) -> None:
+            got = client.put(path, source, metrics={"loss": loss, "step": v})
+            assert got.version == v, (path, got.version, v)
+            manifests[path, v] = got.manifest
+            hashes[path, v] = _sha256(source)
+            losses[path][v] = loss
+
+        paths, train_losses = finetune
+        log(f"  {len(paths)} fine-tune checkpoints into {url}")
+        for v, p in enumerate(paths, 1):
+            put(GC_FINETUNE_PATH, p, v, train_losses[p.name])
+        log(f"  {steps} versions of a {size / MB:.0f} MB checkpoint, {GC_CHANGED:.0%} of the "
+            "tensors changed each time")  # fmt: skip
+        info = make_big_file(minilm_path(), ckpt, size, rng, names=layer_name)
+        entries = read_entries(ckpt)
+        best = steps // 2 + 1
+        for v in range(1, steps + 1):
+            if v > 1:
+                k = max(1, round(len(entries) * GC_CHANGED))
+                changed = [entries[i] for i in sorted(rng.choice(len(entries), k, replace=False))]
+                overwrite_tensors(ckpt, ckpt, changed, lambda arr: _changed(arr, rng))
+            # A validation loss that falls until mid-run, then rises (over-fitting).
+            loss = 0.8 + 0.05 * abs(v - best) + 0.002 * rng.random()
+            put(GC_CHECKPOINT_PATH, ckpt, v, round(loss, 4))
+        last_write = time.monotonic()
+        ckpt.unlink()
+        client.tag(f"{GC_CHECKPOINT_PATH}@1", "baseline")
+        client.alias(f"{GC_CHECKPOINT_PATH}@4", "production")
+        client.tag(f"{GC_FINETUNE_PATH}@2", "submitted")
+        named = {(GC_CHECKPOINT_PATH, 1), (GC_CHECKPOINT_PATH, 4), (GC_FINETUNE_PATH, 2)}
+        setup = time.perf_counter() - t0
+        # Worked out from the rules, not asked of forget: each path keeps its last
+        # keep_last, its keep_best lowest losses, its current version and what is named.
+        expected = set()
+        for path, by_version in losses.items():
+            numbers = sorted(by_version)
+            keep = set(numbers[-(GC_POLICY.keep_last or 0) :]) | {numbers[-1]}
+            keep |= set(sorted(numbers, key=lambda n: (by_version[n], -n))[: GC_POLICY.keep_best])
+            keep |= {n for p, n in named if p == path}
+            expected |= {(path, n) for n in numbers if n not in keep}
+        out = forget_and_collect(
+            url, client, manifests, hashes, expected, "run", GC_POLICY, grace, repeats,
+            last_write, log, second_repack=GC_REPACK_LOW,
+        )  # fmt: skip
+    return {
+        "backend": "s3" if url.startswith("s3://") else "local",
+        "grace_seconds": grace,
+        "commit_window_seconds": config.commit_window,
+        "setup_seconds": setup,
+        "finetune": {
+            "path": GC_FINETUNE_PATH,
+            "versions": len(paths),
+            "file_bytes": paths[0].stat().st_size,
+            "how": "scripts/finetune.py, frozen: encoder.layer.5 and pooler trained; "
+            "metric loss = each checkpoint's mean training loss",
+        },  # fmt: skip
+        "checkpoint": {
+            "path": GC_CHECKPOINT_PATH,
+            "versions": steps,
+            "file_bytes": info["bytes"],
+            "tensors": len(entries),
+            "changed_fraction": GC_CHANGED,
+            "best_version": best,
+        },  # fmt: skip
+        "names": sorted(f"{p}@{v}" for p, v in named),
+        **out,
+    }
+
+
+def gc_many_versions(
+    server: Any, fp32: Path, work: Path, versions: int, grace: float, repeats: int,
+    seed: int, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """`versions` versions on SeaweedFS, round robin over GC_MANY_PATHS paths of a
+    GC_MANY_SIZE file, each changing one tensor of the path's version before; forget all
+    but each path's newest GC_MANY_KEPT, gc (forget_and_collect): requests, and time per
+    GiB of packs examined and per GiB reclaimed."""
+    rng = np.random.default_rng(seed)
+    url = f"s3://{server.new_bucket()}/many"
+    per_path = -(-versions // GC_MANY_PATHS)
+    keep = max(1, round(per_path * GC_MANY_KEPT))
+    config = StoreConfig(commit_window=grace / 3)
+    paths = [f"many/run{i}/model.safetensors" for i in range(GC_MANY_PATHS)]
+    files, layouts = [], []
+    for i in range(GC_MANY_PATHS):
+        source = work / f"gc-many-{i}.safetensors"
+        make_big_file(fp32, source, GC_MANY_SIZE, rng, names=layer_name)
+        files.append(bytearray(source.read_bytes()))
+        layouts.append([e for e in read_entries(source) if e.nbytes >= GC_MANY_TENSOR_MIN])
+        source.unlink()
+    manifests: dict[tuple[str, int], str] = {}
+    hashes: dict[tuple[str, int], str] = {}
+    changed_bytes = 0
+    log(f"  committing {versions} versions over {GC_MANY_PATHS} paths of "
+        f"{GC_MANY_SIZE / MB:.1f} MB")  # fmt: skip
+    t0 = time.perf_counter()
+    with modelfs.open_store(url, create=True, config=config, use_disk_cache=False) as client:
+        for k in range(versions):
+            i = k % GC_MANY_PATHS
+            data, entries = files[i], layouts[i]
+            if k >= GC_MANY_PATHS:
+                e = entries[int(rng.integers(len(entries)))]
+                view = np.frombuffer(data, np.float32, e.nbytes // 4, e.start)
+                view[:] = _changed(view, rng)
+                changed_bytes += e.nbytes
+            body = bytes(data)
+            got = client.put(paths[i], body, metrics={"step": k})
+            manifests[paths[i], got.version] = got.manifest
+            hashes[paths[i], got.version] = _sha256(body)
+        last_write = time.monotonic()
+        setup = time.perf_counter() - t0
+        counts = collections.Counter(p for p, _ in manifests)
+        expected = {(p, v) for p, v in manifests if v <= counts[p] - keep}
+        out = forget_and_collect(
+            url, client, manifests, hashes, expected, "", Policy(keep_last=keep), grace,
+            repeats, last_write, log,
+        )  # fmt: skip
+    gc = out["gc"]
+    examined = gc["report"]["examined"].get("pack_bytes", 0)
+    reclaimed = out["reclaimed_pack_bytes"]
+    requests = sum(gc["requests"].values())
+    gc.update(
+        examined_pack_bytes=examined,
+        requests_total=requests,
+        seconds_per_gib_examined=gc["work_seconds"] / (examined / 2**30) if examined else None,
+        seconds_per_gib_reclaimed=gc["work_seconds"] / (reclaimed / 2**30) if reclaimed else None,
+        requests_per_gib_reclaimed=requests / (reclaimed / 2**30) if reclaimed else None,
+    )
+    return {
+        "paths": GC_MANY_PATHS,
+        "file_bytes": len(files[0]),
+        "tensors_changed_per_version": 1,
+        "changed_bytes_per_version": changed_bytes / max(1, versions - GC_MANY_PATHS),
+        "grace_seconds": grace,
+        "setup_seconds": setup,
+        "keep_last": keep,
+        **out,
+    }
+
+
+def gc_section(
+    work: Path, server: Any, local: bool, s3_training: bool, size: int, steps: int,
+    versions: int, grace: float, repeats: int, checkpoints: int, seed: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Reclaiming space: the training run on a local store (local) and on SeaweedFS
+    (s3_training), then the many-versions store on SeaweedFS."""
+    fp32 = minilm_path()
+    log(f"fine-tune series ({checkpoints} checkpoints, scripts/finetune.py; cached)")
+    series = finetune_series(checkpoints)
+    out: dict[str, Any] = {"grace_seconds": grace, "training": {}}
+    stores = [("local", str(work / "store-gc"))] if local else []
+    if s3_training:
+        stores.append(("s3", f"s3://{server.new_bucket()}/gc"))
+    for kind, url in stores:
+        log(f"reclaiming space: the training run on {kind}")
+        out["training"][kind] = gc_training_run(
+            url, work, series, size, steps, grace, repeats, seed + 9, log
+        )
+        if kind == "local":
+            shutil.rmtree(url)
+    log(f"reclaiming space: {versions} versions on SeaweedFS")
+    out["many"] = gc_many_versions(server, fp32, work, versions, grace, repeats, seed + 10, log)
+    return out
+
+
+def report_gc(g: dict[str, Any]) -> list[str]:
+    kinds = [k for k in ("local", "s3") if k in g["training"]]
+    lines = [""]
+    if kinds:
+        t = g["training"][kinds[0]]
+        f, c = t["finetune"], t["checkpoint"]
+        lines += [
+            f"Reclaiming space: a training run's store, forget ({t['policy']}) then gc "
+            f"(grace {g['grace_seconds']:g} s); each step in a fresh client",
+            f"  {f['versions']} fine-tune checkpoints of MiniLM ({fmt_mb(f['file_bytes'])} MB) and "
+            f"{c['versions']} versions of a {fmt_mb(c['file_bytes'])} MB checkpoint "
+            f"({c['changed_fraction']:.0%} of its {c['tensors']} tensors changed each time); "
+            f"named: {', '.join(t['names'])}",
+            f"  {'measurement':<56}" + "".join(f"{k:>16}" for k in kinds),
+        ]
+
+        def row(label: str, cell: Callable[[dict[str, Any]], str]) -> None:
+            lines.append(f"  {label:<56}" + "".join(f"{cell(g['training'][k]):>16}" for k in kinds))
+
+        def mb(key: str, sub: str = "") -> Callable[[dict[str, Any]], str]:
+            return lambda x: fmt_mb((x[sub] if sub else x)[key])
+
+        def med(key: str) -> Callable[[dict[str, Any]], str]:
+            return lambda x: f"{x[key]['seconds']['median']:.2f}"
+
+        def met(x: dict[str, Any]) -> str:
+            return f"{x['reclaimed_fraction']:.2%}" + ("" if x["target_met"] else " NOT met")
+
+        def timing(sub: str) -> Callable[[dict[str, Any]], str]:
+            return lambda x: f"{x[sub]['seconds']:.2f} ({x[sub]['grace_wait_seconds']:.1f})"
+
+        repack = t["second_gc"]["repack"]
+        row("versions forgotten, of all", lambda x: f"{x['forgotten_versions']} of {x['versions']}")
+        row("stored (pack) bytes before, MB", mb("pack_bytes_before"))
+        row("unreachable after forget (from the manifests), MB", mb("unreachable_stored_bytes"))
+        row("  forget --dry-run's estimate, MB", mb("forget_estimate_freed_bytes"))
+        row("reclaimed by gc (pack bytes deleted), MB", mb("reclaimed_pack_bytes"))
+        row("unreachable bytes still stored after gc, MB", mb("left_unreachable_bytes"))
+        row(f"reclaimed fraction (target >= {GC_TARGET:.0%})", met)
+        row("stored (pack) bytes after, MB", mb("pack_bytes_after"))
+        row("forget --dry-run s, median", med("forget_dry_run"))
+        row("forget s", lambda x: f"{x['forget']['seconds']:.2f}")
+        row("gc --dry-run s (the scan), median", med("scan"))
+        row("gc s (of which waiting out the grace)", timing("gc"))
+        row(f"then gc --repack {repack:g}: s (grace)", timing("second_gc"))
+        row("  its copied bytes, MB",
+            lambda x: fmt_mb(x["second_gc"]["report"]["rewritten"].get("copied_bytes", 0)))  # fmt: skip
+        row("  reclaimed fraction after it",
+            lambda x: f"{x['second_gc']['reclaimed_fraction']:.2%}")  # fmt: skip
+        row("retained versions read back, sha256 equal",
+            lambda x: f"{x['retained_versions']} {'yes' if x['retained_verified'] else 'NO'}")  # fmt: skip
+        for k in kinds:
+            x = g["training"][k]
+            r = x["gc"]["report"]
+            lines.append(
+                f"  ({k}: forget as the rules say: {x['forget_as_expected']}; forgotten refused: "
+                f"{x['forgotten_refused']}; gc deleted {r['reclaimed'].get('packs', 0)} packs, "
+                f"rewrote {r['rewritten'].get('packs', 0)} ({fmt_mb(r['rewritten'].get('copied_bytes', 0))}"
+                " MB copied); requests "
+                f"{x['gc']['requests'] or 'not counted (local)'})"
+            )
+    if "many" in g:
+        m = g["many"]
+        gc = m["gc"]
+        scan, scan_all = m["scan"], m["scan_all_kept"]
+        lines += [
+            f"Reclaiming space on SeaweedFS: {m['versions']} versions over {m['paths']} paths of a "
+            f"{fmt_mb(m['file_bytes'])} MB file (one tensor, {m['changed_bytes_per_version'] / MB:.2f}"
+            f" MB on average, changed per version); forget --keep-last {m['keep_last']} "
+            f"({m['forgotten_versions']} forgotten), gc; each step in a fresh client",
+            f"  gc: {gc['seconds']:.2f} s, of which {gc['grace_wait_seconds']:.1f} s waiting out "
+            f"the grace period; {gc['work_seconds']:.2f} s of work: "
+            f"{gc['seconds_per_gib_examined']:.2f} s per GiB of packs examined "
+            f"({fmt_mb(gc['examined_pack_bytes'])} MB), "
+            f"{gc['seconds_per_gib_reclaimed']:.2f} s per GiB reclaimed "
+            f"({fmt_mb(m['reclaimed_pack_bytes'])} MB)",
+            f"  gc requests {gc['requests']} ({gc['requests_total']}, "
+            f"{gc['requests_per_gib_reclaimed']:.0f} per GiB reclaimed)",
+            f"  gc --dry-run (the scan): {scan['seconds']['median']:.2f} s "
+            f"({scan['seconds']['min']:.2f}-{scan['seconds']['max']:.2f}), requests "
+            f"{scan['requests']}; before the forget ({scan_all['examined']['manifests']} manifests): "
+            f"{scan_all['seconds']['median']:.2f} s, requests {scan_all['requests']}",
+            f"  forget: {m['forget']['seconds']:.2f} s, requests {m['forget']['requests']}; "
+            f"forget --dry-run {m['forget_dry_run']['seconds']['median']:.2f} s",
+            f"  reclaimed {m['reclaimed_fraction']:.2%} of the {fmt_mb(m['unreachable_stored_bytes'])} "
+            f"MB unreachable; {m['retained_versions']} retained versions read back equal: "
+            f"{m['retained_verified']}; forget as the rules say: {m['forget_as_expected']}; "
+            f"committing took {m['setup_seconds']:.0f} s",
+        ]  # fmt: skip
+    return lines
+
+
 # machine and report
 
 
@@ -1846,7 +2361,7 @@ def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         tensor = max(header, key=lambda k: header[k]["data_offsets"][0])
         bf16 = work / "minilm-bf16.safetensors"
         make_bf16(fp32, bf16)
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelfs-bench"
+        cache = bench_cache_dir()
         series = {}
         for mode in ("frozen", "full"):
             log(f"fine-tuning MiniLM ({mode}) for the checkpoint series (cached)")
@@ -2067,6 +2582,8 @@ def report(res: dict[str, Any]) -> str:
         lines += report_selection(res["selection"])
     if "diff" in res:
         lines += report_diff(res["diff"])
+    if "gc" in res:
+        lines += report_gc(res["gc"])
     return "\n".join(lines)
 
 
@@ -2116,6 +2633,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="comparing models: size of each of the two versions compared (1G)")  # fmt: skip
     p.add_argument("--diff-versions", type=int, default=100,
                    help="comparing models: versions of the series compared (100)")  # fmt: skip
+    p.add_argument("--gc", action="store_true",
+                   help="only: reclaiming space (forget and gc): a training run's store locally "
+                   "(with --s3, on SeaweedFS too) and a store of many versions on SeaweedFS")  # fmt: skip
+    p.add_argument("--gc-size", type=parse_size, default=1 << 30,
+                   help="reclaiming space: size of the training run's checkpoint file (1G)")  # fmt: skip
+    p.add_argument("--gc-steps", type=int, default=10,
+                   help="reclaiming space: versions of that checkpoint (10)")  # fmt: skip
+    p.add_argument("--gc-versions", type=int, default=1000,
+                   help="reclaiming space: versions in the many-versions store (1000)")  # fmt: skip
+    p.add_argument("--gc-grace", type=float, default=3.0,
+                   help="reclaiming space: gc's grace period in seconds; the stores' commit "
+                   "window is a third of it (3)")  # fmt: skip
     p.add_argument("--rss-size", type=lambda t: 0 if t.strip() == "0" else parse_size(t),
                    default=4 << 30,
                    help="size of the random file read through a mount to measure the daemon's "
@@ -2126,7 +2655,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-dir", type=Path, default=Path(__file__).resolve().parent.parent / "docs",
                    help="where --peers writes its report (default docs/)")  # fmt: skip
     p.add_argument("--checkpoints", type=int, default=5,
-                   help="--peers: checkpoints in each fine-tune series (5)")  # fmt: skip
+                   help="--peers and --gc: checkpoints in each fine-tune series (5)")  # fmt: skip
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -2136,6 +2665,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--selection runs alone; it cannot go with --s3-requests")
     if args.diff and (args.selection or args.s3_requests is not None):
         p.error("--diff runs alone; it cannot go with --selection or --s3-requests")
+    if args.gc and (args.selection or args.diff or args.s3_requests is not None):
+        p.error("--gc runs alone; it cannot go with --selection, --diff or --s3-requests")
+    if args.gc_steps < 4:
+        p.error("--gc-steps must be at least 4 (the run names its versions 1, 2 and 4)")
+    if args.gc_versions < 2 * GC_MANY_PATHS:
+        p.error(f"--gc-versions must be at least {2 * GC_MANY_PATHS}")
+    if not 0.15 <= args.gc_grace <= 3600:
+        p.error("--gc-grace must be between 0.15 and 3600 seconds")
     if args.diff_versions < 2:
         p.error("--diff-versions must be at least 2")
     if args.selection_files < 1:
@@ -2169,6 +2706,11 @@ def main(argv: list[str] | None = None) -> int:
         return diff_section(work, server, args.diff_size, args.diff_versions, args.repeats,
                             cache, args.seed, log)  # fmt: skip
 
+    def gc(server: Any, *, local: bool, s3_training: bool) -> dict[str, Any]:
+        return gc_section(work, server, local, s3_training, args.gc_size, args.gc_steps,
+                          args.gc_versions, args.gc_grace, args.repeats, args.checkpoints,
+                          args.seed, log)  # fmt: skip
+
     def finish() -> None:
         res["loadavg_end"] = os.getloadavg()
         res["seconds"] = time.time() - started
@@ -2183,6 +2725,8 @@ def main(argv: list[str] | None = None) -> int:
             "s3_requests": args.s3_requests, "s3_latency_ms": args.s3_latency_ms,
             "selection_versions": args.selection_versions, "selection_files": args.selection_files,
             "diff_size": args.diff_size, "diff_versions": args.diff_versions,
+            "gc_size": args.gc_size, "gc_steps": args.gc_steps, "gc_versions": args.gc_versions,
+            "gc_grace": args.gc_grace, "checkpoints": args.checkpoints,
         }  # fmt: skip
         if args.selection:
             log("selection")
@@ -2191,6 +2735,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.diff:
             with seaweedfs() as server:  # on S3, with or without --s3
                 res["diff"] = diff(server)
+        elif args.gc:
+            with seaweedfs() as server:  # the many-versions store is on S3, always
+                res["gc"] = gc(server, local=True, s3_training=args.s3)
         else:
             rng = np.random.default_rng(args.seed)
             fp32 = minilm_path()
@@ -2250,6 +2797,8 @@ def main(argv: list[str] | None = None) -> int:
                         res["selection"]["s3"] = select_section(server, local=False)["s3"]
                         log("comparing models on SeaweedFS")
                         res["diff"] = diff(server)
+                        log("reclaiming space on SeaweedFS")
+                        res["gc"] = gc(server, local=False, s3_training=True)
                         if args.s3_requests:
                             sweep(server)
                 if args.rss_size:

@@ -18,7 +18,11 @@ its output, on a fresh store in ./demo-store:
    load exactly that version with transformers from demo-mnt/.modelfs/at/run@champion;
 8. compare the champion with the original tensor by tensor (`modelfs diff`:
    only layer 5 and the pooler were trained, and only they are read), and see
-   the drift over the checkpoints (`modelfs diff --series run/`); then unmount.
+   the drift over the checkpoints (`modelfs diff --series run/`);
+9. save the checkpoints over one another as a training run does, forget all
+   but the newest and the best (`modelfs forget --keep-last 1 --keep-best 1
+   --by loss:min`), and reclaim their space with `modelfs gc` while the store
+   stays mounted; then unmount.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +56,16 @@ def minilm_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
 
 
-def modelfs(*args: object) -> str:
+def modelfs(*args: object, echo: bool = True) -> str:
     argv = ["modelfs", *map(str, args)]
     shown = " ".join(shlex.quote(a) for a in argv).replace(str(ROOT) + "/", "")
-    print(f"\n$ {shown}", flush=True)
+    if echo:
+        print(f"\n$ {shown}", flush=True)
     out = subprocess.run(
         [sys.executable, "-m", "modelfs", *map(str, args)], capture_output=True, text=True
     )
-    print(out.stdout.rstrip())
+    if echo:
+        print(out.stdout.rstrip())
     if out.returncode != 0:
         print(out.stderr.rstrip(), file=sys.stderr)
         sys.exit(f"demo failed: {shown} exited {out.returncode}")
@@ -180,8 +187,46 @@ def select_demo() -> None:
         if "untouched: 5 of 7 layers (0, 1, 2, 3, 4)" not in out:
             sys.exit("demo failed: the frozen fine-tune changed layers it should not have")
         modelfs("diff", STORE, "--series", "run/", *c)
+        print("\n>>> a second run of the same fine-tune (another seed), 3 x 2 steps ...")
+        second = work / "second"
+        rerun = finetune.make_checkpoints(second, "frozen", n=3, steps_per_checkpoint=2, seed=1)
+        relosses = json.loads((second / "frozen-manifest.json").read_text())["losses"]
+        reclaim_demo(rerun, relosses)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def reclaim_demo(checkpoints: list[Path], losses: dict[str, float]) -> None:
+    """A run that saves a checkpoint over the last one: keep the best and the newest,
+    collect the rest, while the store stays mounted."""
+    c = ("--cache-dir", CACHE)
+    print("    it saves every checkpoint over the last: demo-mnt/run/latest.safetensors")
+    for ckpt in checkpoints:
+        shell(f"cp {shlex.quote(str(ckpt))} demo-mnt/run/latest.safetensors && setfattr -n "
+              f"user.metric.loss -v {losses[ckpt.name]:.4f} demo-mnt/run/latest.safetensors")  # fmt: skip
+    modelfs("log", STORE, "run/latest.safetensors", *c)
+    target = "run/latest.safetensors"
+    keep = ("--keep-last", "1", "--keep-best", "1", "--by", "loss:min")
+    modelfs("forget", STORE, target, *keep, "--dry-run", "-v", *c)
+    modelfs("forget", STORE, target, *keep, *c)
+    before = json.loads(modelfs("stat", STORE, "--json", *c, echo=False))
+    # The store was made with a 2 s commit window, so a 4 s grace is safe here; the
+    # default window is 2 minutes and the default grace 10. gc leaves alone whatever
+    # is younger than its grace (a write in progress may be about to use it): these
+    # checkpoints are seconds old, so wait that long first.
+    print("\n>>> (the checkpoints are seconds old, and gc leaves anything younger than its "
+          "grace period alone: waiting 5 s)")  # fmt: skip
+    time.sleep(5)
+    modelfs("gc", STORE, "--grace", "4s", *c)
+    after = json.loads(modelfs("stat", STORE, "--json", *c, echo=False))
+    shell("sha256sum demo-mnt/run/latest.safetensors   # still mounted, still the newest")
+    print(
+        f"    reclaimed {(before['pack_bytes'] - after['pack_bytes']) / 1e6:.1f} MB "
+        f"({before['reclaimable_bytes'] / 1e6:.1f} MB were reclaimable); nothing was locked"
+    )
+    if after["reclaimable_bytes"] > 0.05 * max(before["reclaimable_bytes"], 1):
+        sys.exit("demo failed: gc left reclaimable bytes behind")
+    modelfs("fsck", STORE, *c)
 
 
 def mounted_demo(model: Path, tuned_model: Path) -> None:
@@ -236,7 +281,7 @@ def main() -> None:
         )
 
         c = ("--cache-dir", CACHE)
-        modelfs("init", STORE)
+        modelfs("init", STORE, "--commit-window", "2")
         modelfs("put", STORE, model, "minilm/model.safetensors", "-m", "base model", *c)
         modelfs("put", STORE, tuned, "minilm-tuned/model.safetensors", "-m", "fine-tuned", *c)
         modelfs("ls", "-l", STORE, *c)

@@ -37,6 +37,10 @@ class WrappedBackend(Backend):
     def key_limit_reason(self) -> str:
         return self.inner.key_limit_reason
 
+    @property
+    def time_resolution(self) -> float:
+        return self.inner.time_resolution
+
     def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         return self.inner.get(key, byte_range)
 

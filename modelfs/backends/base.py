@@ -66,6 +66,11 @@ class Backend(ABC):
         return None
 
     @property
+    def time_resolution(self) -> float:
+        """Seconds to which BlobInfo.modified is exact (S3's HTTP dates: 1 s; local: 0)."""
+        return 0.0
+
+    @property
     def key_limit_reason(self) -> str:
         """What sets max_key_bytes, for messages: "S3's 1,024 less the store's prefix"."""
         return ""

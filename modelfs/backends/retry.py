@@ -62,6 +62,10 @@ class RetryingBackend(Backend):
         self._state_lock = threading.Lock()
 
     @property
+    def time_resolution(self) -> float:
+        return self.inner.time_resolution
+
+    @property
     def max_key_bytes(self) -> int | None:
         return self.inner.max_key_bytes
 

@@ -233,6 +233,10 @@ class S3Backend(Backend):
             raise self._error(e, "opening") from None
 
     @property
+    def time_resolution(self) -> float:
+        return 1.0  # HEAD's Last-Modified is an HTTP date, to the second
+
+    @property
     def max_key_bytes(self) -> int:
         return MAX_KEY_BYTES - len(self.prefix.encode())
 

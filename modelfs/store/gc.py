@@ -34,12 +34,13 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from ..backends.base import BlobInfo
+from ..backends.base import BlobInfo, ByteRange
 from ..errors import (
     AlreadyExistsError,
     CollectionInProgressError,
@@ -66,7 +67,7 @@ from .format import (
     pack_key,
     parse_json,
 )
-from .packs import encode_moved, encode_table, read_trailer
+from .packs import decode_table, encode_moved, table_bytes
 from .reachability import Roots, find_roots, live_blocks
 from .registry import who
 from .snapshots import snapshot_key
@@ -308,7 +309,7 @@ class Collector:
                 record = self._mark_condemned(record, lock)
                 report.pending.append(record.run)
                 continue
-            if now < info.modified + record.grace:
+            if now < info.modified + record.grace + self.store.backend.time_resolution:
                 report.pending.append(record.run)
                 continue
             self.progress(f"sweeping run {record.run} (condemned {now - info.modified:.0f} s ago)")
@@ -326,6 +327,7 @@ class Collector:
                 f"unknown ({'; '.join(roots.unreadable[:3])}); run `modelfs fsck --repair`"
             )
         listing = _list(self.store)
+        self.store.refresh_index()  # the packs' tables, for how much of each is dead
         self.progress(f"reading {len(roots.manifests)} manifests")
         live = live_blocks(self.store, roots.manifests, set(listing.packs))
         if live.unreadable:
@@ -350,8 +352,8 @@ class Collector:
     ) -> Condemnation | None:
         pending = self._pending_sets()
         roots, listing, live = self._scan(report)
-        now = server_now(self.store)
-        old = now - self.grace
+        now = server_now(self.store) if not dry_run else time.time()
+        old = now - self.grace - self.store.backend.time_resolution
 
         def aged(info: BlobInfo) -> bool:
             return info.modified <= old
@@ -363,7 +365,7 @@ class Collector:
             live_bytes = live.bytes_in(pack)
             if live_bytes == 0:
                 dead_packs.add(pack)
-            elif (info.size - live_bytes) >= self.repack * info.size:
+            elif self._dead_enough(pack, info, live_bytes):
                 rewrite.add(pack)
         manifests = {
             m for m, i in listing.manifests.items()
@@ -434,7 +436,9 @@ class Collector:
         since = self.store.backend.head(key).modified
         while True:
             lock.check()
-            left = since + record.grace - server_now(self.store)
+            left = (
+                since + record.grace + self.store.backend.time_resolution - server_now(self.store)
+            )
             if left <= 0:
                 return
             self.progress(f"waiting {left:.0f} s for writes in progress (grace period)")
@@ -486,24 +490,44 @@ class Collector:
             _count(report.reclaimed, "packs")
             _count(report.reclaimed, "pack_bytes", info.size)
             return
-        if (info.size - live_bytes) < self.repack * info.size:
+        table = self._table(pack, info)
+        if not self._dead_enough(pack, info, live_bytes, table):
             # Reached again by a writer that checked before the condemnation: keep it whole.
-            body = backend.get(pack_key(pack))
-            table = read_trailer(body, pack)
             with contextlib.suppress(AlreadyExistsError):
-                backend.put_if_absent(index_key(pack), encode_table(table))
+                backend.put_if_absent(index_key(pack), table)
             _count(report.kept, "packs")
             return
         moves = self._moves(pack, list(kept.values()))
+        new_packs = {b.pack for _, b in moves}
+        if pack in new_packs:  # cannot happen (the nonce): never delete what holds the copy
+            raise ModelfsError(f"rewriting pack {pack} gave the same pack; it is kept")
         with contextlib.suppress(AlreadyExistsError):
             backend.put_if_absent(moved_key(pack), encode_moved(pack, moves))
         backend.delete(index_key(pack))
         backend.delete(pack_key(pack))
-        new_packs = {b.pack for _, b in moves}
         _count(report.rewritten, "packs")
         _count(report.rewritten, "new_packs", len(new_packs))
         _count(report.rewritten, "copied_bytes", live_bytes)
         _count(report.reclaimed, "pack_bytes", info.size - live_bytes)
+
+    def _table(self, pack: str, info: BlobInfo) -> bytes:
+        """A pack's block table, read from its trailer (two small ranged GETs)."""
+        tail = self.store.backend.get(pack_key(pack), ByteRange(max(0, info.size - 12), 12))
+        length = struct.unpack_from("<I", tail)[0]
+        start = max(0, info.size - 12 - length)
+        table = self.store.backend.get(pack_key(pack), ByteRange(start, length))
+        return table_bytes(table + tail, pack)
+
+    def _dead_enough(
+        self, pack: str, info: BlobInfo, live_bytes: int, table: bytes | None = None
+    ) -> bool:
+        """Whether at least the repack fraction of a pack's block bytes is unreachable
+        (its trailer does not count: a rewrite writes one too)."""
+        stored = self.store.index.stored_in(pack) if table is None else None
+        if stored is None:
+            table = table if table is not None else self._table(pack, info)
+            stored = sum(loc.stored_length for loc in decode_table(table, pack))
+        return stored - live_bytes >= self.repack * stored
 
     def _moves(self, pack: str, kept: list) -> list:
         """The live blocks of a pack copied into new packs: from an earlier, interrupted
@@ -511,7 +535,10 @@ class Collector:
         existing = self.store.moved(pack)
         if existing is not None and all(loc.offset in existing for loc in kept):
             return [(loc.offset, existing[loc.offset]) for loc in kept]
-        placed = self.store.copy_blocks(kept)
+        # The old pack's id as the nonce: the copy is always a new pack (with all of its
+        # blocks live it would otherwise be the same table, so the same pack), and the
+        # same one if an interrupted sweep is done again.
+        placed = self.store.copy_blocks(kept, nonce=pack)
         return [(loc.offset, placed[(loc.pack, loc.offset)]) for loc in kept]
 
 

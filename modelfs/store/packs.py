@@ -102,8 +102,8 @@ class PackWriter:
         return pack_id, body, table, locations
 
 
-def read_trailer(pack: bytes, pack_id: str) -> list[BlockLocation]:
-    """The block table at the end of a whole pack (for fsck and index rebuilds)."""
+def table_bytes(pack: bytes, pack_id: str) -> bytes:
+    """The block table at the end of a whole pack, byte for byte (its index object)."""
     if len(pack) < _TRAILER.size:
         raise FormatError(f"pack {pack_id} is truncated")
     table_len, magic = _TRAILER.unpack_from(pack, len(pack) - _TRAILER.size)
@@ -113,7 +113,12 @@ def read_trailer(pack: bytes, pack_id: str) -> list[BlockLocation]:
     table = pack[start : start + table_len]
     if object_id(table) != pack_id:
         raise FormatError(f"pack {pack_id} does not match its name: its block table was altered")
-    return decode_table(table, pack_id)
+    return table
+
+
+def read_trailer(pack: bytes, pack_id: str) -> list[BlockLocation]:
+    """The block table at the end of a whole pack (for fsck and index rebuilds)."""
+    return decode_table(table_bytes(pack, pack_id), pack_id)
 
 
 # A pack rewritten into one that is rewritten in turn is followed this far, no further.

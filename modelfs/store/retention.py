@@ -67,6 +67,8 @@ class Policy:
     alias_history: float = DEFAULT_ALIAS_HISTORY
 
     def __post_init__(self) -> None:
+        if self.by is not None and self.keep_best is None:
+            raise InvalidArgumentError("--by ranks versions for --keep-best K: give that too")
         if self.keep_last is None and self.keep_within is None and self.keep_best is None:
             raise InvalidArgumentError(
                 "say what to keep: --keep-last N, --keep-within DURATION or --keep-best K --by "
