@@ -52,6 +52,13 @@ class BlockIndex:
         with self._lock:
             return set(self._packs)
 
+    def drop(self, packs: frozenset[str] | set[str]) -> None:
+        """Forget these packs (those a collection condemned), if loaded."""
+        with self._lock:
+            gone = set(packs) & set(self._packs)
+            if gone:
+                self._drop(gone)
+
     def _drop(self, gone: set[str]) -> None:
         """Forget packs (the lock held): their blocks are found again in other packs, if
         any other holds them."""

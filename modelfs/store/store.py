@@ -181,6 +181,7 @@ class Store:
         self._config_lock = threading.Lock()
         self._ref_cache = RefCache()
         self._condemned = CondemnedView(backend)
+        self._condemned_packs: frozenset[str] = frozenset()  # as the last check found them
         self._moved: dict[str, dict[int, BlockLocation]] = {}  # moved/ records are immutable
         self._moved_lock = threading.Lock()
         # Manifests are immutable and checked against their id: keep the recent ones.
@@ -290,7 +291,7 @@ class Store:
             for _attempt in range(cas.ATTEMPTS):
                 if time.monotonic() > check.started + self.config.commit_window / 2:
                     check = self.check()  # a long upload: what collections condemned since
-                blocks, rescued = self._locate(src, spans, ids)
+                blocks, rescued = self._locate(src, spans, ids, check)
                 uploaded += rescued
                 manifest = Manifest(
                     size=sum(s.length for s in spans),
@@ -342,6 +343,7 @@ class Store:
         Every reference a writer then makes must be visible by the window's end."""
         started = time.monotonic()
         condemned = self._condemned.load()
+        self._condemned_packs = condemned.packs
         if index:
             with self._index_lock:
                 self.index.refresh(self.backend, self._io, exclude=condemned.packs)
@@ -349,12 +351,22 @@ class Store:
         return Check(started, condemned)
 
     def _locate(
-        self, source: RandomAccess, spans: list[Span], ids: list[str]
+        self, source: RandomAccess, spans: list[Span], ids: list[str], check: Check
     ) -> tuple[list[BlockRef], int]:
         """Each span's block in a pack writers may reference now; blocks found only in
         condemned packs are stored again, in a pack of their own (a nonce makes it a new
-        pack even if it holds the same blocks). Returns the refs and the bytes uploaded."""
-        missing = [i for i, bid in enumerate(ids) if self.index.get(bid) is None]
+        pack even if it holds the same blocks). Returns the refs and the bytes uploaded.
+
+        A pack this put uploaded itself may be a condemned one: storing the blocks of a
+        forgotten version again gives the same table, so the same pack id, and the upload
+        finds the pack still there. It is not referenced either."""
+        condemned = check.condemned.packs
+        if condemned:
+            self.index.drop(condemned)
+        missing = [
+            i for i, bid in enumerate(ids)
+            if (loc := self.index.get(bid)) is None or loc.pack in condemned
+        ]  # fmt: skip
         uploaded = 0
         if missing:
             log.info(
@@ -369,7 +381,7 @@ class Store:
         blocks = []
         for span, bid in zip(spans, ids, strict=True):
             loc = self.index.get(bid)
-            if loc is None:
+            if loc is None or loc.pack in condemned:
                 raise ConflictError(f"block {bid} vanished from the index twice; try again")
             blocks.append(BlockRef(span.offset, loc))
         return blocks, uploaded
@@ -516,6 +528,11 @@ class Store:
 
     def _upload_pack(self, writer: PackWriter) -> None:
         pack_id, body, table, locations = writer.finish()
+        if pack_id in self._condemned_packs:
+            # The same blocks as a condemned pack (a forgotten version stored again): a
+            # pack of its own, not that one (see _locate).
+            writer.nonce = os.urandom(16).hex()
+            pack_id, body, table, locations = writer.finish()
         for key, data in ((pack_key(pack_id), body), (index_key(pack_id), table)):
             try:
                 self.backend.put_if_absent(key, data)
