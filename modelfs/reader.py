@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cache import DiskBlockCache, MemoryBlockCache
-from .errors import CorruptionError
+from .errors import CorruptionError, MissingPackError
 from .store import BlockRef, Manifest, Store
 from .store.paths import version_address
 
@@ -230,6 +230,9 @@ class BlockReader:
             datas = self.store.read_blocks(mine)
         except CorruptionError as e:
             bad = next((b for b in mine if b.location.block_id == e.block_id), mine[0])
+            if isinstance(e, MissingPackError):
+                # A collected version or damage: whoever reads decides which, and says so.
+                raise e.with_file(path or "<stored file>", bad.file_offset) from None
             log.error(
                 "corrupt block %s of %s at offset %d (pack %s): %s",
                 e.block_id, path, bad.file_offset, e.pack, e,

@@ -9,6 +9,7 @@ each read's offset and size, which answers what to fetch ahead of it.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from ..store.refs import load_ref
 
 MIN_READAHEAD = 4 << 20
 MAX_READAHEAD = 64 << 20
+log = logging.getLogger(__name__)
+
 # Twice the kernel's own readahead (mount.py raises it to 1 MiB): a page fault in an
 # mmap makes the kernel read 1 MiB around it, which may look sequential but is all
 # the reader wants (safetensors maps the file and touches one tensor).
@@ -106,6 +109,7 @@ class Reads:
                     f"{handle.path} version {handle.version.version} was forgotten ({note}) "
                     "and collected while it was open: reopen the file for its current version"
                 ) from e
+            log.error("%s version %d: %s", handle.path, handle.version.version, e)
             raise
         except ModelfsError:
             self.errors += 1

@@ -183,7 +183,17 @@ class CollectionLock:
             self._thread.join()
         if self.failed is None:
             try:
-                self.backend.delete(LOCK_KEY)
+                # Only the lock as this collector last wrote it: one taken over since (stale,
+                # --break-lock) belongs to its new holder, whose collection may be running.
+                data, etag = self.backend.get_with_etag(LOCK_KEY)
+                if etag == self._etag:
+                    self.backend.delete(LOCK_KEY)
+                else:
+                    holder = parse_json(data, "the collection lock")
+                    log.warning("the collection lock was taken over by run %s; left to it",
+                                holder.get("run"))  # fmt: skip
+            except NotFoundError:
+                pass
             except ModelfsError as e:
                 log.warning("could not remove the collection lock: %s", e)
 
@@ -278,14 +288,19 @@ class Collector:
             lock = CollectionLock(self.store, report.run, break_lock=self.break_lock)
             lock.acquire()
             try:
-                self._finish_earlier(report, lock)
+                waiting = self._finish_earlier(report, lock)
                 record = self._condemn(report, dry_run=False, lock=lock)
-                if record is not None and wait:
-                    self._wait_grace(record, lock)
-                    self._sweep(record, report, lock)
-                    report.finished.append(record.run)
-                elif record is not None:
-                    report.pending.append(record.run)
+                if record is not None:
+                    waiting.append(record)
+                if wait:
+                    # Earlier runs whose grace has not passed (one a killed collector
+                    # left, say) are finished here too, oldest first.
+                    for r in waiting:
+                        self._wait_grace(r, lock)
+                        self._sweep(r, report, lock)
+                        report.finished.append(r.run)
+                else:
+                    report.pending.extend(r.run for r in waiting)
             finally:
                 lock.release()
         after = self.store.backend.request_counts()
@@ -293,9 +308,10 @@ class Collector:
         report.seconds = time.monotonic() - started
         return report
 
-    def _finish_earlier(self, report: GcReport, lock: CollectionLock) -> None:
+    def _finish_earlier(self, report: GcReport, lock: CollectionLock) -> list[Condemnation]:
         """Sweep the runs an earlier collection condemned whose grace has passed, and
-        complete one that died while condemning."""
+        complete one that died while condemning. Returns those still in their grace."""
+        waiting: list[Condemnation] = []
         now = server_now(self.store)
         for key in list(self.store.backend.list(CONDEMNED_PREFIX)):
             try:
@@ -306,15 +322,15 @@ class Collector:
             record = Condemnation.from_bytes(data, key)
             if record.state == CONDEMNING:
                 self.progress(f"completing run {record.run}, which stopped while condemning")
-                record = self._mark_condemned(record, lock)
-                report.pending.append(record.run)
+                waiting.append(self._mark_condemned(record, lock))
                 continue
             if now < info.modified + record.grace + self.store.backend.time_resolution:
-                report.pending.append(record.run)
+                waiting.append(record)
                 continue
             self.progress(f"sweeping run {record.run} (condemned {now - info.modified:.0f} s ago)")
             self._sweep(record, report, lock)
             report.finished.append(record.run)
+        return waiting
 
     # phase 1
 
@@ -508,7 +524,9 @@ class Collector:
         _count(report.rewritten, "packs")
         _count(report.rewritten, "new_packs", len(new_packs))
         _count(report.rewritten, "copied_bytes", live_bytes)
-        _count(report.reclaimed, "pack_bytes", info.size - live_bytes)
+        # What the store holds less: the old pack, less the new ones (trailers and all).
+        new_bytes = sum(backend.head(pack_key(p)).size for p in new_packs)
+        _count(report.reclaimed, "pack_bytes", info.size - new_bytes)
 
     def _table(self, pack: str, info: BlobInfo) -> bytes:
         """A pack's block table, read from its trailer (two small ranged GETs)."""
