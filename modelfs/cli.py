@@ -29,7 +29,7 @@ from .errors import InvalidArgumentError, ModelfsError, NotFoundError
 from .store import ChunkingLimits, StoreConfig
 from .store.addresses import Resolved, parse_address
 from .store.format import DEFAULT_COMMIT_WINDOW
-from .store.gc import DEFAULT_GRACE, DEFAULT_REPACK
+from .store.gc import DEFAULT_GRACE, DEFAULT_MAX_UNUSED, DEFAULT_REPACK
 from .store.metrics import Value, check_name, format_value, parse_assignment
 from .store.naming import owner_of
 from .store.paths import version_address
@@ -458,7 +458,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     with _open(args) as client:
         report = client.gc(
             dry_run=args.dry_run, wait=not args.no_wait, progress=progress, grace=args.grace,
-            repack=args.repack, break_lock=args.break_lock,
+            repack=args.repack, max_unused=args.max_unused, break_lock=args.break_lock,
         )  # fmt: skip
     if args.json:
         _print_json(report.to_json())
@@ -947,6 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "at least twice the store's commit window)")  # fmt: skip
     sp.add_argument("--repack", type=float, default=DEFAULT_REPACK, metavar="FRACTION",
                     help=f"rewrite packs at least this dead (default {DEFAULT_REPACK})")  # fmt: skip
+    sp.add_argument("--max-unused", type=float, default=DEFAULT_MAX_UNUSED, metavar="FRACTION",
+                    help="rewrite more packs, the most dead first, until at most this share of "
+                    f"the unreachable bytes stays (default {DEFAULT_MAX_UNUSED})")  # fmt: skip
     sp.add_argument("--no-wait", action="store_true",
                     help="condemn and return; the next gc after the grace period deletes")  # fmt: skip
     sp.add_argument("--break-lock", action="store_true",

@@ -62,12 +62,41 @@ so a slow or noisy machine moves both; each timed measurement is repeated
    block ids alone (no numbers), in a fresh process: res["diff"]["series"]
    {steps, compare_seconds, process_seconds, requests, get_bytes,
    tensor_bytes_read, only_headers_fetched, found_the_changed_tensors}.
+9. Reclaiming space (also alone with --gc: the training run on a local store,
+   and with --s3 on SeaweedFS too; in the default set with --s3 it follows
+   section 8 on its server, the training run on SeaweedFS only). Stores made
+   with a commit window of a third of --gc-grace (3 s), so that a collection's
+   grace period can be that short. A training run: scripts/finetune.py's
+   frozen series (--checkpoints, 5; its training loss as metric "loss") and
+   --gc-steps (10) versions of a --gc-size (1G) checkpoint of renumbered MiniLM
+   copies, 20% of its tensors (drawn anew each time) changed from one version
+   to the next, with a validation "loss" lowest mid-run; a tag on two versions
+   and an alias on one. forget --keep-last 2 --keep-best 1 --by loss:min, then
+   gc, then gc --repack 0.01: the stored bytes before and after, the stored
+   bytes of the blocks only forgotten versions list (from the manifests,
+   here), how much of those a gc deleted (target 95%), the times of forget,
+   gc --dry-run and gc, and every retained version read back and compared by
+   sha256. Then on SeaweedFS: --gc-versions (1000) versions round robin over 4
+   paths of a 4 MiB file, each changing one tensor; forget all but the newest
+   4% of each path, gc: its requests and seconds per GiB of packs examined and
+   per GiB reclaimed, and the scan alone (gc --dry-run) and forget. Every
+   step runs in a fresh client, as a new process would (no manifest cached).
+   res["gc"]: training {local, s3} and many: {pack_bytes_before,
+   unreachable_stored_bytes, forget_estimate_freed_bytes, reclaimed_pack_bytes,
+   left_unreachable_bytes, reclaimed_fraction, target_met, pack_bytes_after,
+   forget, forget_dry_run, scan, scan_all_kept, gc {seconds,
+   grace_wait_seconds, work_seconds, requests, report}, retained_verified,
+   forgotten_refused}; training also second_gc; many also gc
+   {seconds_per_gib_examined, seconds_per_gib_reclaimed,
+   requests_per_gib_reclaimed}.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--repeats 3] [--json out.json]
     .venv/bin/python scripts/bench.py --s3-requests 1,2,4,8,16,32 [--size 512M] \
         [--s3-latency-ms 20]
     .venv/bin/python scripts/bench.py --selection [--s3] [--selection-versions 1,100,10000]
     .venv/bin/python scripts/bench.py --diff [--diff-size 1G] [--diff-versions 100]
+    .venv/bin/python scripts/bench.py --gc [--s3] [--gc-size 1G] [--gc-steps 10] \
+        [--gc-versions 1000] [--gc-grace 3]
 
 Caveats:
 - Cold reads are only cold if the page cache can be dropped: as root through
@@ -1874,19 +1903,26 @@ def _timed(
 
 
 def _collect(url: str, grace: float, repack: float | None = None) -> dict[str, Any]:
-    """One gc in a fresh client (condemn, wait out the grace period, sweep): wall seconds,
-    the seconds of them spent waiting out the grace (from its progress lines), requests,
-    and its GcReport."""
+    """One gc in a fresh client (condemn, wait out the grace period, sweep): wall seconds;
+    from its progress lines, the seconds spent condemning (to the first wait), waiting out
+    the grace and sweeping (from the end of the wait); requests; its GcReport; the progress
+    lines with their times."""
     options = {"grace": grace} | ({"repack": repack} if repack is not None else {})
     run = _timed(url, lambda c, progress: c.gc(progress=progress, **options))
     wall, events = run["seconds"]["median"], run["progress"]
-    waited = sum(
-        (events[i + 1][0] if i + 1 < len(events) else wall) - t
+    waits = [
+        (t, events[i + 1][0] if i + 1 < len(events) else wall)
         for i, (t, msg) in enumerate(events)
         if msg.startswith("waiting")
-    )
-    return {"seconds": wall, "grace_wait_seconds": waited, "work_seconds": wall - waited,
-            "requests": run["requests"], "report": run["result"]}  # fmt: skip
+    ]
+    waited = sum(b - a for a, b in waits)
+    return {
+        "seconds": wall, "grace_wait_seconds": waited, "work_seconds": wall - waited,
+        "condemn_seconds": waits[0][0] if waits else wall,
+        "sweep_seconds": wall - waits[-1][1] if waits else 0.0,
+        "requests": run["requests"], "report": run["result"],
+        "progress": [[round(t, 3), msg] for t, msg in events],
+    }  # fmt: skip
 
 
 def _space(
@@ -1938,43 +1974,66 @@ def _check_retained(
     }
 
 
+@dataclass
+class GcStore:
+    """A store built for a collection, and what is known of it from its writing."""
+
+    url: str
+    target: str  # what forget is given
+    policy: Policy
+    manifests: dict[tuple[str, int], str]  # (path, version) -> manifest id, as put said
+    hashes: dict[tuple[str, int], str]  # (path, version) -> sha256 of what was put
+    expected: set[tuple[str, int]]  # what policy forgets, worked out from its rules here
+    last_write: float  # time.monotonic() of the last put
+    facts: dict[str, Any]  # how it was made, for the figures
+    second_repack: float | None = None  # then a second gc with this --repack
+
+
 def forget_and_collect(
-    url: str, writer: modelfs.Client, manifests: dict[tuple[str, int], str],
-    hashes: dict[tuple[str, int], str], expected: set[tuple[str, int]], target: str,
-    policy: Policy, grace: float, repeats: int, last_write: float, log: Callable[[str], None],
-    *, second_repack: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    s: GcStore, grace: float, repeats: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """What a user runs once versions pile up, each step timed in a fresh client as a new
     `modelfs` process would be: gc --dry-run (the scan, every version still kept), forget
     --dry-run, forget, gc --dry-run, gc; then, with second_repack, a second gc with
-    --repack second_repack. Stored bytes before and after against what should go
-    (`expected`, the versions the rules forget, worked out by the caller), and every
-    retained version read back."""
-    s3 = url.startswith("s3://")
-    packs_before = _pack_sizes(writer)
-    unreachable = _unreachable(writer, manifests, expected)
-    stats = writer.store_stats()
-    _await_age(last_write, grace, s3)
-    log("  gc --dry-run (every version kept), forget --dry-run, forget")
-    scan_all = _timed(url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
-    dry_forget = _timed(url, lambda c, _: c.forget(target, policy, dry_run=True), repeats)
-    forget = _timed(url, lambda c, _: c.forget(target, policy))
+    --repack second_repack. Stored bytes before and after against what should go (the
+    blocks only s.expected lists), and every retained version read back."""
+    with _fresh(s.url) as client:
+        packs_before = _pack_sizes(client)
+        unreachable = _unreachable(client, s.manifests, s.expected)
+        stats = client.store_stats()
+    _await_age(s.last_write, grace, s.url.startswith("s3://"))
+    log(f"  {s.url}: gc --dry-run (every version kept), forget --dry-run, forget")
+    scan_all = _timed(s.url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
+    dry_forget = _timed(s.url, lambda c, _: c.forget(s.target, s.policy, dry_run=True), repeats)
+    forget = _timed(s.url, lambda c, _: c.forget(s.target, s.policy))
     plan = forget["result"]
     forgotten = {(p.path, n) for p in plan.plans if not p.is_dir for n in p.forget}
     log("  gc --dry-run, gc")
-    scan = _timed(url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
-    gc = _collect(url, grace)
+    scan = _timed(s.url, lambda c, _: c.gc(dry_run=True, grace=grace), repeats)
+    gc = _collect(s.url, grace)
     report = gc["report"]
-    with _fresh(url) as client:
+    with _fresh(s.url) as client:
         space = _space(client, packs_before, unreachable, report.reclaimed.get("pack_bytes", 0))
     log(f"  reclaimed {space['reclaimed_fraction']:.1%} of {sum(unreachable.values()) / MB:.1f}"
         f" MB unreachable in {gc['seconds']:.1f} s ({gc['grace_wait_seconds']:.1f} s grace)")  # fmt: skip
+    examined = report.examined.get("pack_bytes", 0)
+    reclaimed = space["reclaimed_pack_bytes"]
+    requests = sum(gc["requests"].values())
+    gc.update(
+        report=report.to_json(),
+        examined_pack_bytes=examined,
+        requests_total=requests,
+        seconds_per_gib_examined=gc["work_seconds"] / (examined / 2**30) if examined else None,
+        seconds_per_gib_reclaimed=gc["work_seconds"] / (reclaimed / 2**30) if reclaimed else None,
+        requests_per_gib_reclaimed=requests / (reclaimed / 2**30) if reclaimed else None,
+    )
     out: dict[str, Any] = {
-        "versions": len(manifests),
-        "policy": policy.describe(),
+        **s.facts,
+        "versions": len(s.manifests),
+        "policy": s.policy.describe(),
         "forgotten": sorted(f"{p}@{v}" for p, v in forgotten),
         "forgotten_versions": len(forgotten),
-        "forget_as_expected": forgotten == expected,
+        "forget_as_expected": forgotten == s.expected,
         "forget_estimate_freed_bytes": dry_forget["result"].freed_bytes,
         "stats_before": {k: stats[k] for k in ("pack_bytes", "live_bytes",
                          "history_only_bytes", "reclaimable_bytes")},  # fmt: skip
@@ -1991,30 +2050,30 @@ def forget_and_collect(
         "forget": {"seconds": forget["seconds"]["median"], "requests": forget["requests"]},
         "scan": {"seconds": scan["seconds"], "requests": scan["requests"],
                  "examined": scan["result"].examined, "condemned": scan["result"].condemned},
-        "gc": {**gc, "report": report.to_json()},
+        "gc": gc,
     }  # fmt: skip
-    if second_repack is not None:
-        log(f"  a second gc --repack {second_repack:g}")
-        again = _collect(url, grace, second_repack)
-        with _fresh(url) as client:
+    if s.second_repack is not None:
+        log(f"  a second gc --repack {s.second_repack:g}")
+        again = _collect(s.url, grace, s.second_repack)
+        with _fresh(s.url) as client:
             more = _space(
                 client, packs_before, unreachable,
-                space["reclaimed_pack_bytes"] + again["report"].reclaimed.get("pack_bytes", 0),
+                reclaimed + again["report"].reclaimed.get("pack_bytes", 0),
             )  # fmt: skip
-        out["second_gc"] = {**again, **more, "repack": second_repack,
+        out["second_gc"] = {**again, **more, "repack": s.second_repack,
                             "report": again["report"].to_json()}  # fmt: skip
-    out.update(_check_retained(url, hashes, forgotten))
+    out.update(_check_retained(s.url, s.hashes, forgotten))
     return out
 
 
-def gc_training_run(
+def training_store(
     url: str, work: Path, finetune: tuple[list[Path], dict[str, float]], size: int,
-    steps: int, grace: float, repeats: int, seed: int, log: Callable[[str], None],
-) -> dict[str, Any]:  # fmt: skip
+    steps: int, grace: float, seed: int, log: Callable[[str], None],
+) -> GcStore:  # fmt: skip
     """A training run's store: the fine-tune series (its training loss on each version)
     and `steps` versions of a `size` checkpoint changing GC_CHANGED of its tensors each
-    time (a validation loss that bottoms out mid-run), tags and an alias on some; then
-    forget by GC_POLICY and gc (forget_and_collect)."""
+    time (a validation loss that bottoms out mid-run), tags and an alias on some; to be
+    forgotten by GC_POLICY, then collected twice, the second time with GC_REPACK_LOW."""
     rng = np.random.default_rng(seed)  # the same run on every backend
     config = StoreConfig(commit_window=grace / 3)
     manifests: dict[tuple[str, int], str] = {}
@@ -2053,58 +2112,47 @@ def gc_training_run(
         client.tag(f"{GC_CHECKPOINT_PATH}@1", "baseline")
         client.alias(f"{GC_CHECKPOINT_PATH}@4", "production")
         client.tag(f"{GC_FINETUNE_PATH}@2", "submitted")
-        named = {(GC_CHECKPOINT_PATH, 1), (GC_CHECKPOINT_PATH, 4), (GC_FINETUNE_PATH, 2)}
-        setup = time.perf_counter() - t0
-        # Worked out from the rules, not asked of forget: each path keeps its last
-        # keep_last, its keep_best lowest losses, its current version and what is named.
-        expected = set()
-        for path, by_version in losses.items():
-            numbers = sorted(by_version)
-            keep = set(numbers[-(GC_POLICY.keep_last or 0) :]) | {numbers[-1]}
-            keep |= set(sorted(numbers, key=lambda n: (by_version[n], -n))[: GC_POLICY.keep_best])
-            keep |= {n for p, n in named if p == path}
-            expected |= {(path, n) for n in numbers if n not in keep}
-        out = forget_and_collect(
-            url, client, manifests, hashes, expected, "run", GC_POLICY, grace, repeats,
-            last_write, log, second_repack=GC_REPACK_LOW,
-        )  # fmt: skip
-    return {
+    named = {(GC_CHECKPOINT_PATH, 1), (GC_CHECKPOINT_PATH, 4), (GC_FINETUNE_PATH, 2)}
+    # Worked out from the rules, not asked of forget: each path keeps its last keep_last,
+    # its keep_best lowest losses, its current version and what is named.
+    expected = set()
+    for path, by_version in losses.items():
+        numbers = sorted(by_version)
+        keep = set(numbers[-(GC_POLICY.keep_last or 0) :]) | {numbers[-1]}
+        keep |= set(sorted(numbers, key=lambda n: (by_version[n], -n))[: GC_POLICY.keep_best])
+        keep |= {n for p, n in named if p == path}
+        expected |= {(path, n) for n in numbers if n not in keep}
+    facts = {
         "backend": "s3" if url.startswith("s3://") else "local",
         "grace_seconds": grace,
         "commit_window_seconds": config.commit_window,
-        "setup_seconds": setup,
+        "setup_seconds": time.perf_counter() - t0,
         "finetune": {
-            "path": GC_FINETUNE_PATH,
-            "versions": len(paths),
+            "path": GC_FINETUNE_PATH, "versions": len(paths),
             "file_bytes": paths[0].stat().st_size,
             "how": "scripts/finetune.py, frozen: encoder.layer.5 and pooler trained; "
             "metric loss = each checkpoint's mean training loss",
-        },  # fmt: skip
+        },
         "checkpoint": {
-            "path": GC_CHECKPOINT_PATH,
-            "versions": steps,
-            "file_bytes": info["bytes"],
-            "tensors": len(entries),
-            "changed_fraction": GC_CHANGED,
-            "best_version": best,
-        },  # fmt: skip
+            "path": GC_CHECKPOINT_PATH, "versions": steps, "file_bytes": info["bytes"],
+            "tensors": len(entries), "changed_fraction": GC_CHANGED, "best_version": best,
+        },
         "names": sorted(f"{p}@{v}" for p, v in named),
-        **out,
-    }
+    }  # fmt: skip
+    return GcStore(url, "run", GC_POLICY, manifests, hashes, expected, last_write, facts,
+                   second_repack=GC_REPACK_LOW)  # fmt: skip
 
 
-def gc_many_versions(
-    server: Any, fp32: Path, work: Path, versions: int, grace: float, repeats: int,
-    seed: int, log: Callable[[str], None],
-) -> dict[str, Any]:  # fmt: skip
+def many_versions_store(
+    server: Any, fp32: Path, work: Path, versions: int, grace: float, seed: int,
+    log: Callable[[str], None],
+) -> GcStore:  # fmt: skip
     """`versions` versions on SeaweedFS, round robin over GC_MANY_PATHS paths of a
-    GC_MANY_SIZE file, each changing one tensor of the path's version before; forget all
-    but each path's newest GC_MANY_KEPT, gc (forget_and_collect): requests, and time per
-    GiB of packs examined and per GiB reclaimed."""
+    GC_MANY_SIZE file, each changing one tensor of the path's version before; to be
+    forgotten but for each path's newest GC_MANY_KEPT, and collected."""
     rng = np.random.default_rng(seed)
     url = f"s3://{server.new_bucket()}/many"
-    per_path = -(-versions // GC_MANY_PATHS)
-    keep = max(1, round(per_path * GC_MANY_KEPT))
+    keep = max(1, round(-(-versions // GC_MANY_PATHS) * GC_MANY_KEPT))
     config = StoreConfig(commit_window=grace / 3)
     paths = [f"many/run{i}/model.safetensors" for i in range(GC_MANY_PATHS)]
     files, layouts = [], []
@@ -2118,7 +2166,7 @@ def gc_many_versions(
     hashes: dict[tuple[str, int], str] = {}
     changed_bytes = 0
     log(f"  committing {versions} versions over {GC_MANY_PATHS} paths of "
-        f"{GC_MANY_SIZE / MB:.1f} MB")  # fmt: skip
+        f"{GC_MANY_SIZE / MB:.1f} MB to {url}")  # fmt: skip
     t0 = time.perf_counter()
     with modelfs.open_store(url, create=True, config=config, use_disk_cache=False) as client:
         for k in range(versions):
@@ -2133,35 +2181,21 @@ def gc_many_versions(
             got = client.put(paths[i], body, metrics={"step": k})
             manifests[paths[i], got.version] = got.manifest
             hashes[paths[i], got.version] = _sha256(body)
-        last_write = time.monotonic()
-        setup = time.perf_counter() - t0
-        counts = collections.Counter(p for p, _ in manifests)
-        expected = {(p, v) for p, v in manifests if v <= counts[p] - keep}
-        out = forget_and_collect(
-            url, client, manifests, hashes, expected, "", Policy(keep_last=keep), grace,
-            repeats, last_write, log,
-        )  # fmt: skip
-    gc = out["gc"]
-    examined = gc["report"]["examined"].get("pack_bytes", 0)
-    reclaimed = out["reclaimed_pack_bytes"]
-    requests = sum(gc["requests"].values())
-    gc.update(
-        examined_pack_bytes=examined,
-        requests_total=requests,
-        seconds_per_gib_examined=gc["work_seconds"] / (examined / 2**30) if examined else None,
-        seconds_per_gib_reclaimed=gc["work_seconds"] / (reclaimed / 2**30) if reclaimed else None,
-        requests_per_gib_reclaimed=requests / (reclaimed / 2**30) if reclaimed else None,
-    )
-    return {
+    last_write = time.monotonic()
+    counts = collections.Counter(p for p, _ in manifests)
+    expected = {(p, v) for p, v in manifests if v <= counts[p] - keep}
+    facts = {
         "paths": GC_MANY_PATHS,
         "file_bytes": len(files[0]),
         "tensors_changed_per_version": 1,
         "changed_bytes_per_version": changed_bytes / max(1, versions - GC_MANY_PATHS),
         "grace_seconds": grace,
-        "setup_seconds": setup,
+        "commit_window_seconds": config.commit_window,
+        "setup_seconds": time.perf_counter() - t0,
         "keep_last": keep,
-        **out,
     }
+    return GcStore(url, "", Policy(keep_last=keep), manifests, hashes, expected, last_write,
+                   facts)  # fmt: skip
 
 
 def gc_section(
@@ -2170,24 +2204,34 @@ def gc_section(
     log: Callable[[str], None],
 ) -> dict[str, Any]:  # fmt: skip
     """Reclaiming space: the training run on a local store (local) and on SeaweedFS
-    (s3_training), then the many-versions store on SeaweedFS."""
+    (s3_training), and the many-versions store on SeaweedFS. All are written first, then
+    forgotten and collected one after the other: each store's grace period since its
+    last write passes while the next is written."""
     fp32 = minilm_path()
     log(f"fine-tune series ({checkpoints} checkpoints, scripts/finetune.py; cached)")
     series = finetune_series(checkpoints)
-    out: dict[str, Any] = {"grace_seconds": grace, "training": {}}
     stores = [("local", str(work / "store-gc"))] if local else []
     if s3_training:
         stores.append(("s3", f"s3://{server.new_bucket()}/gc"))
+    built = []
     for kind, url in stores:
+        log(f"reclaiming space: writing the training run on {kind}")
+        built.append((kind, training_store(url, work, series, size, steps, grace, seed + 9, log)))
+    log(f"reclaiming space: writing {versions} versions on SeaweedFS")
+    many = many_versions_store(server, fp32, work, versions, grace, seed + 10, log)
+    out: dict[str, Any] = {"grace_seconds": grace, "training": {}}
+    for kind, s in built:
         log(f"reclaiming space: the training run on {kind}")
-        out["training"][kind] = gc_training_run(
-            url, work, series, size, steps, grace, repeats, seed + 9, log
-        )
+        out["training"][kind] = forget_and_collect(s, grace, repeats, log)
         if kind == "local":
-            shutil.rmtree(url)
+            shutil.rmtree(s.url)
     log(f"reclaiming space: {versions} versions on SeaweedFS")
-    out["many"] = gc_many_versions(server, fp32, work, versions, grace, repeats, seed + 10, log)
+    out["many"] = forget_and_collect(many, grace, repeats, log)
     return out
+
+
+def _or_dash(x: float | None, fmt: str) -> str:
+    return "-" if x is None else f"{x:{fmt}}"
 
 
 def report_gc(g: dict[str, Any]) -> list[str]:
@@ -2260,14 +2304,15 @@ def report_gc(g: dict[str, Any]) -> list[str]:
             f"{fmt_mb(m['file_bytes'])} MB file (one tensor, {m['changed_bytes_per_version'] / MB:.2f}"
             f" MB on average, changed per version); forget --keep-last {m['keep_last']} "
             f"({m['forgotten_versions']} forgotten), gc; each step in a fresh client",
-            f"  gc: {gc['seconds']:.2f} s, of which {gc['grace_wait_seconds']:.1f} s waiting out "
-            f"the grace period; {gc['work_seconds']:.2f} s of work: "
-            f"{gc['seconds_per_gib_examined']:.2f} s per GiB of packs examined "
+            f"  gc: {gc['seconds']:.2f} s: condemning {gc['condemn_seconds']:.2f} s, waiting out "
+            f"the grace period {gc['grace_wait_seconds']:.2f} s, sweeping {gc['sweep_seconds']:.2f}"
+            f" s; {gc['work_seconds']:.2f} s of work: "
+            f"{_or_dash(gc['seconds_per_gib_examined'], '.2f')} s per GiB of packs examined "
             f"({fmt_mb(gc['examined_pack_bytes'])} MB), "
-            f"{gc['seconds_per_gib_reclaimed']:.2f} s per GiB reclaimed "
+            f"{_or_dash(gc['seconds_per_gib_reclaimed'], '.2f')} s per GiB reclaimed "
             f"({fmt_mb(m['reclaimed_pack_bytes'])} MB)",
             f"  gc requests {gc['requests']} ({gc['requests_total']}, "
-            f"{gc['requests_per_gib_reclaimed']:.0f} per GiB reclaimed)",
+            f"{_or_dash(gc['requests_per_gib_reclaimed'], '.0f')} per GiB reclaimed)",
             f"  gc --dry-run (the scan): {scan['seconds']['median']:.2f} s "
             f"({scan['seconds']['min']:.2f}-{scan['seconds']['max']:.2f}), requests "
             f"{scan['requests']}; before the forget ({scan_all['examined']['manifests']} manifests): "

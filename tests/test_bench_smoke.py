@@ -21,7 +21,8 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
         [sys.executable, str(BENCH), "--size", "32M", "--repeats", "1", "--json", str(out),
          "--workdir", str(work), "--no-drop-caches", "--quiet", "--rss-size", "16M", "--s3",
          "--s3-requests", "2", "--s3-latency-ms", "2", "--selection-versions", "1,100,1000",
-         "--selection-files", "10", "--diff-size", "16M", "--diff-versions", "3"],
+         "--selection-files", "10", "--diff-size", "16M", "--diff-versions", "3",
+         "--gc-size", "8M", "--gc-steps", "4", "--gc-versions", "16", "--gc-grace", "0.3"],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -108,6 +109,26 @@ def test_bench_small_run_writes_plausible_figures(tmp_path: Path) -> None:
     s = d["series"]
     assert s["versions"] == 3 and s["steps"] == 2 and s["found_the_changed_tensors"]
     assert s["only_headers_fetched"] and s["tensor_bytes_read"] == 0
+    # Reclaiming space runs in the default set with --s3, on SeaweedFS only.
+    assert "Reclaiming space" in proc.stdout
+    g = res["gc"]
+    assert list(g["training"]) == ["s3"]
+    for x in (g["training"]["s3"], g["many"]):
+        assert x["forget_as_expected"] and x["forgotten_versions"] > 0
+        assert x["retained_verified"] and x["forgotten_refused"] and x["retained_versions"] > 0
+        # forget --dry-run's estimate is what the manifests say only forgotten versions
+        # reference; a gc deletes some of it, and a second, lower --repack no less.
+        assert 0 < x["unreachable_stored_bytes"] == x["forget_estimate_freed_bytes"]
+        assert 0 < x["reclaimed_pack_bytes"] and x["pack_bytes_after"] < x["pack_bytes_before"]
+        assert 0 < x["reclaimed_fraction"] <= 1
+        assert x["gc"]["requests"]["DELETE"] > 0 and x["gc"]["grace_wait_seconds"] > 0
+        assert x["scan"]["seconds"]["median"] > 0 and x["forget"]["seconds"] > 0
+    t = g["training"]["s3"]
+    assert t["versions"] == 5 + 4
+    assert t["second_gc"]["reclaimed_fraction"] >= t["reclaimed_fraction"]
+    m = g["many"]
+    assert m["versions"] == 16 and m["keep_last"] == 1 and m["forgotten_versions"] == 12
+    assert m["gc"]["seconds_per_gib_examined"] > 0 and m["gc"]["requests_per_gib_reclaimed"] > 0
 
 
 @pytest.mark.slow

@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
+import blake3
+
 from ..backends.base import BlobInfo, ByteRange
 from ..errors import (
     AlreadyExistsError,
@@ -77,6 +79,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 600.0  # seconds: five default commit windows
 DEFAULT_REPACK = 0.2  # a pack with at least this fraction of dead bytes is rewritten
+# ... and more packs, the most dead first, until what stays unreachable is at most this
+# share of all that is unreachable (restic's --max-unused, relative to the garbage).
+DEFAULT_MAX_UNUSED = 0.05
 LOCK_STALE = 600.0  # a lock not refreshed for this long was left by a collector that died
 PROBE_PREFIX = "probe/"
 
@@ -103,8 +108,13 @@ class GcReport:
         return asdict(self)
 
 
+_counting = threading.Lock()  # sweeps count from several request threads
+
+
 def _count(d: dict[str, int], key: str, n: int = 1) -> None:
-    d[key] = d.get(key, 0) + n
+    if n:
+        with _counting:
+            d[key] = d.get(key, 0) + n
 
 
 class CollectionLock:
@@ -257,6 +267,7 @@ class Collector:
         *,
         grace: float = DEFAULT_GRACE,
         repack: float = DEFAULT_REPACK,
+        max_unused: float = DEFAULT_MAX_UNUSED,
         progress: Callable[[str], None] | None = None,
         break_lock: bool = False,
     ) -> None:
@@ -269,9 +280,12 @@ class Collector:
             )
         if not 0 < repack <= 1:
             raise InvalidArgumentError(f"--repack {repack} must be in (0, 1]")
+        if not 0 <= max_unused <= 1:
+            raise InvalidArgumentError(f"--max-unused {max_unused} must be in [0, 1]")
         self.store = store
         self.grace = grace
         self.repack = repack
+        self.max_unused = max_unused
         self.progress = progress or (lambda _: None)
         self.break_lock = break_lock
 
@@ -343,7 +357,6 @@ class Collector:
                 f"unknown ({'; '.join(roots.unreadable[:3])}); run `modelfs fsck --repair`"
             )
         listing = _list(self.store)
-        self.store.refresh_index()  # the packs' tables, for how much of each is dead
         self.progress(f"reading {len(roots.manifests)} manifests")
         live = live_blocks(self.store, roots.manifests, set(listing.packs))
         if live.unreadable:
@@ -375,14 +388,18 @@ class Collector:
             return info.modified <= old
 
         dead_packs, rewrite = set(), set()
+        partly: dict[str, tuple[int, int]] = {}  # pack -> (dead bytes, block bytes)
         for pack, info in listing.packs.items():
             if pack in pending or not aged(info):
                 continue
             live_bytes = live.bytes_in(pack)
             if live_bytes == 0:
                 dead_packs.add(pack)
-            elif self._dead_enough(pack, info, live_bytes):
-                rewrite.add(pack)
+            elif info.size - live_bytes > 0:
+                stored = self._stored(pack, info, live_bytes)
+                if stored > live_bytes:
+                    partly[pack] = (stored - live_bytes, stored)
+        rewrite = self._to_rewrite(partly, sum(listing.packs[p].size for p in dead_packs))
         manifests = {
             m for m, i in listing.manifests.items()
             if m not in roots.manifests and m not in pending and aged(i)
@@ -466,22 +483,26 @@ class Collector:
         roots, listing, live = self._scan(None)
         backend = self.store.backend
         lock.check()
-        for m in sorted(record.manifests):
-            if m in roots.manifests:
-                _count(report.kept, "manifests")
-            elif m in listing.manifests:
-                backend.delete(manifest_key(m))
-                _count(report.reclaimed, "manifests")
-                _count(report.reclaimed, "manifest_bytes", listing.manifests[m].size)
-        for s in sorted(record.snapshots):
-            if s in roots.snapshots:
-                _count(report.kept, "snapshots")
-            elif s in listing.snapshots:
-                backend.delete(snapshot_key(s))
-                _count(report.reclaimed, "snapshots")
-        for pack in sorted(record.all_packs):
-            lock.check()
-            self._sweep_pack(pack, record, listing, live, report)
+        manifests = [m for m in sorted(record.manifests) if m not in roots.manifests]
+        manifests = [m for m in manifests if m in listing.manifests]
+        _count(report.kept, "manifests", len(record.manifests & set(roots.manifests)))
+        self.store.map_io(backend.delete, [manifest_key(m) for m in manifests])
+        _count(report.reclaimed, "manifests", len(manifests))
+        _count(
+            report.reclaimed, "manifest_bytes", sum(listing.manifests[m].size for m in manifests)
+        )
+        snapshots = [x for x in sorted(record.snapshots) if x not in roots.snapshots]
+        snapshots = [x for x in snapshots if x in listing.snapshots]
+        _count(report.kept, "snapshots", len(record.snapshots & roots.snapshots))
+        self.store.map_io(backend.delete, [snapshot_key(x) for x in snapshots])
+        _count(report.reclaimed, "snapshots", len(snapshots))
+        lock.check()
+        swept = self.store.map_io(
+            lambda p: (p, self._sweep_pack(p, record, listing, live, report)),
+            sorted(record.all_packs),
+        )
+        lock.check()
+        self._rewrite(record, {p: locs for p, locs in swept if locs}, listing, report)
         # A moved/ record goes only once no kept manifest reaches its pack (rechecked now:
         # a rewrite above may have made new ones that are needed).
         for p in sorted(record.moved):
@@ -493,40 +514,98 @@ class Collector:
         lock.check()
         backend.delete(condemned_key(record.run))
 
-    def _sweep_pack(self, pack, record, listing, live, report) -> None:
+    def _sweep_pack(self, pack, record, listing, live, report) -> list | None:
+        """Delete a condemned pack that nothing reaches, or keep it whole if writers reached
+        enough of it again; returns its reachable blocks if it is to be rewritten."""
         backend = self.store.backend
         info = listing.packs.get(pack)
         if info is None:
-            return  # deleted by an earlier sweep of this run
+            return None  # deleted by an earlier sweep of this run
         kept = live.by_pack.get(pack, {})
-        live_bytes = sum(loc.stored_length for loc in kept.values())
         if not kept:
-            backend.delete(index_key(pack))  # a writer may have uploaded the same pack again
+            # Its index object again first: a writer may have stored the same pack again.
+            backend.delete(index_key(pack))
             backend.delete(pack_key(pack))
             _count(report.reclaimed, "packs")
             _count(report.reclaimed, "pack_bytes", info.size)
-            return
+            return None
+        live_bytes = sum(loc.stored_length for loc in kept.values())
         table = self._table(pack, info)
-        if not self._dead_enough(pack, info, live_bytes, table):
+        stored = sum(loc.stored_length for loc in decode_table(table, pack))
+        wanted = pack in record.rewrite or stored - live_bytes >= self.repack * stored
+        if stored <= live_bytes or not wanted:
             # Reached again by a writer that checked before the condemnation: keep it whole.
             with contextlib.suppress(AlreadyExistsError):
                 backend.put_if_absent(index_key(pack), table)
             _count(report.kept, "packs")
+            return None
+        return list(kept.values())
+
+    def _rewrite(self, record: Condemnation, kept: dict[str, list], listing, report) -> None:
+        """Copy the reachable blocks of these packs together into new packs (one nonce per
+        run: the same packs if an interrupted sweep is done again), write each old pack's
+        moved/ record, then delete its index object and the pack."""
+        if not kept:
             return
-        moves = self._moves(pack, list(kept.values()))
-        new_packs = {b.pack for _, b in moves}
-        if pack in new_packs:  # cannot happen (the nonce): never delete what holds the copy
-            raise ModelfsError(f"rewriting pack {pack} gave the same pack; it is kept")
-        with contextlib.suppress(AlreadyExistsError):
-            backend.put_if_absent(moved_key(pack), encode_moved(pack, moves))
-        backend.delete(index_key(pack))
-        backend.delete(pack_key(pack))
-        _count(report.rewritten, "packs")
-        _count(report.rewritten, "new_packs", len(new_packs))
-        _count(report.rewritten, "copied_bytes", live_bytes)
-        # What the store holds less: the old pack, less the new ones (trailers and all).
+        backend = self.store.backend
+        moves: dict[str, list] = {}
+        to_copy = []
+        for pack, locs in kept.items():
+            existing = self.store.moved(pack)  # an interrupted sweep's, if it covers them
+            if existing is not None and all(loc.offset in existing for loc in locs):
+                moves[pack] = [(loc.offset, existing[loc.offset]) for loc in locs]
+            else:
+                to_copy.extend(locs)
+        if to_copy:
+            nonce = blake3.blake3(f"moved by {record.run}".encode()).hexdigest()
+            placed = self.store.copy_blocks(to_copy, nonce=nonce)
+            for loc in to_copy:
+                moves.setdefault(loc.pack, []).append((loc.offset, placed[(loc.pack, loc.offset)]))
+        new_packs = {b.pack for m in moves.values() for _, b in m}
+        if new_packs & set(kept):  # cannot happen (the nonce): never delete a copy's home
+            raise ModelfsError("rewriting packs gave one of the same packs; nothing deleted")
+
+        def finish(pack: str) -> None:
+            with contextlib.suppress(AlreadyExistsError):
+                backend.put_if_absent(moved_key(pack), encode_moved(pack, moves[pack]))
+            backend.delete(index_key(pack))
+            backend.delete(pack_key(pack))
+
+        self.store.map_io(finish, sorted(moves))
+        copied = sum(loc.stored_length for locs in kept.values() for loc in locs)
         new_bytes = sum(backend.head(pack_key(p)).size for p in new_packs)
-        _count(report.reclaimed, "pack_bytes", info.size - new_bytes)
+        _count(report.rewritten, "packs", len(moves))
+        _count(report.rewritten, "new_packs", len(new_packs))
+        _count(report.rewritten, "copied_bytes", copied)
+        # What the store holds less: the old packs, less the new ones (trailers and all).
+        _count(
+            report.reclaimed, "pack_bytes", sum(listing.packs[p].size for p in moves) - new_bytes
+        )
+
+    def _to_rewrite(self, partly: dict[str, tuple[int, int]], wholly_dead: int) -> set[str]:
+        """Which partly dead packs to rewrite: each at least `repack` dead, and then the
+        most dead first, until what stays unreachable is at most `max_unused` of all that
+        is unreachable (a checkpoint series leaves many packs a little dead each)."""
+        chosen = {p for p, (dead, stored) in partly.items() if dead >= self.repack * stored}
+        unreachable = wholly_dead + sum(dead for dead, _ in partly.values())
+        left = sum(dead for p, (dead, _) in partly.items() if p not in chosen)
+        for p, (dead, _stored) in sorted(
+            partly.items(), key=lambda kv: (-kv[1][0] / kv[1][1], kv[0])
+        ):
+            if left <= self.max_unused * unreachable:
+                break
+            if p not in chosen:
+                chosen.add(p)
+                left -= dead
+        return chosen
+
+    def _stored(self, pack: str, info: BlobInfo, live_bytes: int) -> int:
+        """The stored bytes of a pack's blocks (its size less its trailer): by its index
+        object where this process loaded it, else from its trailer."""
+        stored = self.store.index.stored_in(pack)
+        if stored is None:
+            stored = sum(loc.stored_length for loc in decode_table(self._table(pack, info), pack))
+        return stored
 
     def _table(self, pack: str, info: BlobInfo) -> bytes:
         """A pack's block table, read from its trailer (two small ranged GETs)."""
@@ -535,29 +614,6 @@ class Collector:
         start = max(0, info.size - 12 - length)
         table = self.store.backend.get(pack_key(pack), ByteRange(start, length))
         return table_bytes(table + tail, pack)
-
-    def _dead_enough(
-        self, pack: str, info: BlobInfo, live_bytes: int, table: bytes | None = None
-    ) -> bool:
-        """Whether at least the repack fraction of a pack's block bytes is unreachable
-        (its trailer does not count: a rewrite writes one too)."""
-        stored = self.store.index.stored_in(pack) if table is None else None
-        if stored is None:
-            table = table if table is not None else self._table(pack, info)
-            stored = sum(loc.stored_length for loc in decode_table(table, pack))
-        return stored - live_bytes >= self.repack * stored
-
-    def _moves(self, pack: str, kept: list) -> list:
-        """The live blocks of a pack copied into new packs: from an earlier, interrupted
-        sweep's moved/ record if it covers them all, else copied now."""
-        existing = self.store.moved(pack)
-        if existing is not None and all(loc.offset in existing for loc in kept):
-            return [(loc.offset, existing[loc.offset]) for loc in kept]
-        # The old pack's id as the nonce: the copy is always a new pack (with all of its
-        # blocks live it would otherwise be the same table, so the same pack), and the
-        # same one if an interrupted sweep is done again.
-        placed = self.store.copy_blocks(kept, nonce=pack)
-        return [(loc.offset, placed[(loc.pack, loc.offset)]) for loc in kept]
 
 
 def collect(store: Store, **kwargs) -> GcReport:

@@ -115,10 +115,11 @@ def find_roots(
     wanted: list[str] = []
     for record in records:
         for entry in record.snapshots:
-            if (
+            gone = (
                 entry.version in record.forgotten
-                and (record.path, entry.version) not in named_snaps
-            ):
+                or (record.path, entry.version) in exclude_snapshots
+            )
+            if gone and (record.path, entry.version) not in named_snaps:
                 continue
             wanted.append(entry.snapshot)
     roots.snapshots = set(wanted)

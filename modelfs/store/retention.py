@@ -241,9 +241,11 @@ def plan_forget(
     keys = [k for k in backend.list(prefix) if is_file_ref_key(k)] if norm else [
         k for k in backend.list(REFS_PREFIX) if is_file_ref_key(k)
     ]  # fmt: skip
+    found = False  # a path under the target (keys may hold siblings: "dir2" for "dir")
     for ref in store.map_io(store._ref_at, keys):
         if ref is None or not _under(ref.path, norm):
             continue
+        found = True
         record = records.get((ref.path, False))
         live = [v for v in ref.versions if v.readable]
         items = [
@@ -262,7 +264,7 @@ def plan_forget(
         pp = PathPlan(ref.path, False, [v.version for v in live if v.version not in keep], keep)
         if pp.forget:
             plan.plans.append(pp)
-    if norm and not plan.plans and not keys and not any(p == norm for p, _ in records):
+    if norm and not found and not any(_under(p, norm) for p, _ in records):
         if not store.is_dir(norm):
             raise NotFoundError(f"nothing in the store at {norm}")
     return plan

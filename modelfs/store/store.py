@@ -1111,6 +1111,8 @@ class Store:
                 continue
             report.names_checked += len(record.names)
             for entry in record.snapshots:
+                if entry.version in record.forgotten:
+                    continue  # collected, unless a name keeps it (checked with the names)
                 try:
                     snap = load_snapshot(self, entry.snapshot)
                     if snap.content_hash != entry.content_hash or snap.path != record.path:
