@@ -436,7 +436,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     elif args.dry_run:
         print(
             f"{plan.versions} versions and {plan.snapshots} snapshots would be forgotten "
-            f"({policy.describe()}); a gc would then free {human(plan.freed_bytes or 0)} of "
+            f"({policy.describe()}); a gc would then free up to {human(plan.freed_bytes or 0)} of "
             f"packs and {human(plan.freed_manifest_bytes or 0)} of manifests"
         )
     else:

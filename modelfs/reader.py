@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cache import DiskBlockCache, MemoryBlockCache
-from .errors import CorruptionError, MissingPackError
+from .errors import CollectedError, CorruptionError, MissingPackError, ModelfsError
 from .store import BlockRef, Manifest, Store
 from .store.paths import version_address
+from .store.refs import load_ref
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +307,27 @@ class StoredFile(io.RawIOBase):
             self._reader.prefetch(
                 self.manifest, self._pos + len(view), DEFAULT_READAHEAD, self.path
             )
-        n = self._reader.read_into(self.manifest, self._pos, view, path=self.path)
+        try:
+            n = self._reader.read_into(self.manifest, self._pos, view, path=self.path)
+        except MissingPackError as e:
+            raise self._collected(e) from e
         self._pos += n
         self._last_end = self._pos
         return n
+
+    def _collected(self, e: MissingPackError) -> ModelfsError:
+        """CollectedError if the version was forgotten (and so collected) while open;
+        otherwise the damage itself."""
+        try:
+            entry = load_ref(self._reader.store.backend, self.path)[0].versions[self.version - 1]
+        except (ModelfsError, IndexError):
+            return e
+        if not entry.forgotten:
+            return e
+        return CollectedError(
+            f"{self.path} version {self.version} was forgotten ({entry.forgotten_note()}) and "
+            "collected while it was open: open it again for its current version"
+        )
 
     def readall(self) -> bytes:
         chunks = []

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import blake3
 
@@ -127,13 +128,15 @@ class CollectionLock:
         self.break_lock = break_lock
         self._etag = ""
         self._stop = threading.Event()
+        self._checked = 0.0
+        self._beating = threading.Lock()  # held while the heartbeat rewrites the lock
         self._thread: threading.Thread | None = None
         self.failed: BaseException | None = None
 
     def _body(self) -> bytes:
         return canonical_json({
             "run": self.run, "by": who(), "host": socket.gethostname(), "pid": os.getpid(),
-            "time": time.time(),
+            "pid_space": _pid_space(), "time": time.time(),
         })  # fmt: skip
 
     def acquire(self) -> None:
@@ -152,7 +155,11 @@ class CollectionLock:
             return
         holder = parse_json(data, "the collection lock")
         age = server_now(self.store) - self.backend.head(LOCK_KEY).modified
-        here = holder.get("host") == socket.gethostname()
+        # The same host, boot and PID namespace: a container that shares the host's name
+        # but not its processes cannot tell whether that pid is alive.
+        here = (
+            holder.get("host") == socket.gethostname() and holder.get("pid_space") == _pid_space()
+        )
         dead = here and not _alive(int(holder.get("pid", 0)))
         if not (dead or age > LOCK_STALE or self.break_lock):
             raise CollectionInProgressError(
@@ -174,14 +181,26 @@ class CollectionLock:
         interval = min(30.0, max(0.2, self.store.config.commit_window / 4))
         while not self._stop.wait(interval):
             try:
-                self._etag = self.backend.put_if_match(LOCK_KEY, self._body(), self._etag)
+                with self._beating:
+                    self._etag = self.backend.put_if_match(LOCK_KEY, self._body(), self._etag)
             except ModelfsError as e:
                 self.failed = e
                 log.error("lost the collection lock: %s", e)
                 return
 
     def check(self) -> None:
-        """Refuse to go on if the heartbeat lost the lock (another collector took it)."""
+        """Refuse to go on if the lock is no longer ours (another collector took it): read
+        afresh before each batch of deletes, at most once a second."""
+        now = time.monotonic()
+        if self.failed is None and now - self._checked >= 1.0:
+            self._checked = now
+            try:
+                with self._beating:  # not while the heartbeat changes it
+                    _, etag = self.backend.get_with_etag(LOCK_KEY)
+                    if etag != self._etag:
+                        self.failed = ConflictError("another collector replaced gc/lock")
+            except NotFoundError:
+                self.failed = ConflictError("gc/lock was removed")
         if self.failed is not None:
             raise CollectionInProgressError(
                 f"the collection lock was lost ({self.failed}); stopping before deleting more"
@@ -206,6 +225,15 @@ class CollectionLock:
                 pass
             except ModelfsError as e:
                 log.warning("could not remove the collection lock: %s", e)
+
+
+def _pid_space() -> str:
+    """This boot and PID namespace, so that a pid in a lock means the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
