@@ -109,6 +109,12 @@ class GcReport:
         return asdict(self)
 
 
+# A pack's trailer: 12 bytes, and a table row of about 150 bytes per block (an id, a
+# checksum, numbers, a codec). Bounds generous enough that a wholly live pack never
+# looks partly dead.
+_TRAILER_BOUND = 1024
+_ROW_BOUND = 256
+
 _counting = threading.Lock()  # sweeps count from several request threads
 
 
@@ -423,7 +429,9 @@ class Collector:
             live_bytes = live.bytes_in(pack)
             if live_bytes == 0:
                 dead_packs.add(pack)
-            elif info.size - live_bytes > 0:
+            elif info.size - live_bytes > _TRAILER_BOUND + _ROW_BOUND * len(live.by_pack[pack]):
+                # More than its trailer could be: some blocks are dead. (A pack whose every
+                # block is live costs no request; a few hundred dead bytes are not worth one.)
                 stored = self._stored(pack, info, live_bytes)
                 if stored > live_bytes:
                     partly[pack] = (stored - live_bytes, stored)
