@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -539,7 +540,9 @@ def test_a_ref_that_keeps_changing_fails_with_conflict_error_naming_the_path(
     backend = MemoryBackend()
     Store.create(backend).put(f"busy/{WIDE}", b"one")
     sleeps: list[float] = []
-    monkeypatch.setattr(store_cas, "time", SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(
+        store_cas, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic)
+    )
     store = Store.open(AlwaysConflicts(backend))
     with pytest.raises(ConflictError, match=f"could not publish a version of busy/{WIDE}") as info:
         store.put(f"busy/{WIDE}", b"two")
