@@ -948,8 +948,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repack", type=float, default=DEFAULT_REPACK, metavar="FRACTION",
                     help=f"rewrite packs at least this dead (default {DEFAULT_REPACK})")  # fmt: skip
     sp.add_argument("--max-unused", type=float, default=DEFAULT_MAX_UNUSED, metavar="FRACTION",
-                    help="rewrite more packs, the most dead first, until at most this share of "
-                    f"the unreachable bytes stays (default {DEFAULT_MAX_UNUSED})")  # fmt: skip
+                    help="when gc deletes or rewrites anything else, rewrite more packs, the most "
+                    "dead first, until at most this share of the unreachable bytes stays "
+                    f"(default {DEFAULT_MAX_UNUSED})")  # fmt: skip
     sp.add_argument("--no-wait", action="store_true",
                     help="condemn and return; the next gc after the grace period deletes")  # fmt: skip
     sp.add_argument("--break-lock", action="store_true",

@@ -710,6 +710,37 @@ def test_a_mostly_dead_pack_is_rewritten_and_reads_through_its_moved_record(env:
         assert c.fsck().ok
 
 
+def test_packs_a_little_dead_are_rewritten_beside_other_work_and_a_second_gc_has_none(
+    env: Env,
+) -> None:
+    x1, x2 = rand(190_000), rand(390_000)
+    env.put("a", st(x=x1, y=rand(10_000)))  # a pack 5% dead once a's first version goes
+    env.put("b", st(x=x2, y=rand(4_000)))  # and one 1% dead
+    env.put("keep", st(x1=x1, x2=x2))
+    env.put("c", st(w=rand(200_000)))  # wholly dead: the gc has other work
+    for path in ("a", "b", "c"):
+        env.put(path, st(n=rand(1_000)))
+    (p1,), (p2,) = env.packs_of("a", 1), env.packs_of("b", 1)
+    env.forget("", keep_last=1)
+    env.age()
+
+    first = env.gc()
+
+    # Below --repack (20%), the most dead first until at most 5% of what is unreachable
+    # stays: a's pack goes, b's 4 KB stay.
+    assert first.rewritten["packs"] == 1
+    keys = env.keys("packs/")
+    assert pack_key(p1) not in keys and pack_key(p2) in keys
+    # Nothing new is unreachable: the next gc leaves b's pack alone, not rewriting 390 KB
+    # of live blocks for 4 KB (and the one after that, and so on).
+    again = env.gc(dry_run=True)
+    assert not any(again.condemned.values()), again.condemned
+    assert env.client.store_stats()["reclaimable_bytes"] > 4_000
+    with env.reader() as c:
+        assert c.read("keep") == env.contents[("keep", 1)]
+        assert c.fsck().ok
+
+
 def test_a_pack_rewritten_twice_still_reads_through_the_chain_and_goes_with_it(
     env: Env,
 ) -> None:

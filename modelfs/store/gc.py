@@ -80,8 +80,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 600.0  # seconds: five default commit windows
 DEFAULT_REPACK = 0.2  # a pack with at least this fraction of dead bytes is rewritten
-# ... and more packs, the most dead first, until what stays unreachable is at most this
-# share of all that is unreachable (restic's --max-unused, relative to the garbage).
+# ... and, when it deletes or rewrites anything else, more packs, the most dead first,
+# until what stays unreachable is at most this share of all that is unreachable
+# (restic's --max-unused, relative to the garbage; only then, so that a gc right after
+# a gc has nothing to do).
 DEFAULT_MAX_UNUSED = 0.05
 LOCK_STALE = 600.0  # a lock not refreshed for this long was left by a collector that died
 PROBE_PREFIX = "probe/"
@@ -619,10 +621,15 @@ class Collector:
         )
 
     def _to_rewrite(self, partly: dict[str, tuple[int, int]], wholly_dead: int) -> set[str]:
-        """Which partly dead packs to rewrite: each at least `repack` dead, and then the
-        most dead first, until what stays unreachable is at most `max_unused` of all that
-        is unreachable (a checkpoint series leaves many packs a little dead each)."""
+        """Which partly dead packs to rewrite: each at least `repack` dead, and then, if this
+        gc deletes or rewrites anything else, the most dead first until what stays
+        unreachable is at most `max_unused` of all that is unreachable (a checkpoint series
+        leaves many packs a little dead each). Without other work nothing below `repack` is
+        rewritten: what an earlier gc left by this rule stays, and a gc right after a gc
+        condemns nothing."""
         chosen = {p for p, (dead, stored) in partly.items() if dead >= self.repack * stored}
+        if not chosen and not wholly_dead:
+            return chosen
         unreachable = wholly_dead + sum(dead for dead, _ in partly.values())
         left = sum(dead for p, (dead, _) in partly.items() if p not in chosen)
         for p, (dead, _stored) in sorted(
