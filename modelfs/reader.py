@@ -3,7 +3,10 @@
 BlockReader turns "bytes [offset, offset+n) of this manifest" into the few
 blocks that overlap, takes each from the memory cache, then the disk cache,
 and fetches the rest from the store in one parallel, coalesced batch.
-Concurrent readers of one block share one fetch. Fetched blocks go to the
+Concurrent readers of one block share one fetch. A small read of a block
+that is not cached (a header, one tensor through mmap) fetches, checks and
+decodes only the frames of the block it touches (format 5), kept in the memory
+cache beside whole blocks; a sequential reader fetches whole blocks. Fetched blocks go to the
 disk cache from a background thread, so a cold read does not wait on cache
 writes. StoredFile wraps it as a lazy, seekable, read-only file object;
 sequential reading starts fetching the next 32 MiB in the background
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from .cache import DiskBlockCache, MemoryBlockCache
 from .errors import CollectedError, CorruptionError, MissingPackError, ModelfsError
 from .store import BlockRef, Manifest, Store
+from .store.codecs import is_framed
 from .store.paths import version_address
 from .store.refs import load_ref
 
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_READAHEAD = 32 << 20
 DEFAULT_MEMORY_CACHE = 128 << 20
+# A read of at most this much of a block that is not cached fetches only the frames it
+# touches; more, and the whole block is worth its one request.
+PARTIAL_READ_MAX = 1 << 20
 CACHE_BACKLOG_BYTES = 64 << 20
 
 
@@ -36,6 +43,7 @@ class ReadStats:
     bytes_served: int = 0
     bytes_fetched: int = 0  # plaintext bytes of blocks fetched from the store
     blocks_fetched: int = 0
+    frames_fetched: int = 0  # of blocks read in part
     memory_hits: int = 0
     disk_hits: int = 0
 
@@ -118,10 +126,14 @@ class BlockReader:
 
         self._prefetcher.submit(run)
 
-    def read(self, manifest: Manifest, offset: int, length: int, *, path: str = "") -> bytes:
-        """File bytes [offset, offset + length), short only at the end of the file."""
+    def read(
+        self, manifest: Manifest, offset: int, length: int, *, path: str = "",
+        partial: bool = False,
+    ) -> bytes:  # fmt: skip
+        """File bytes [offset, offset + length), short only at the end of the file
+        (partial: a small read may fetch only the frames of a block it touches)."""
         out = bytearray(max(0, min(length, manifest.size - offset)))
-        self.read_into(manifest, offset, memoryview(out), path=path)
+        self.read_into(manifest, offset, memoryview(out), path=path, partial=partial)
         return bytes(out)
 
     def read_cached(
@@ -146,20 +158,77 @@ class BlockReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read_into(
-        self, manifest: Manifest, offset: int, view: memoryview, *, path: str = ""
-    ) -> int:
+        self, manifest: Manifest, offset: int, view: memoryview, *, path: str = "",
+        partial: bool = False,
+    ) -> int:  # fmt: skip
         """Copy file bytes from offset into view; returns how many (short only at EOF)."""
         length = max(0, min(len(view), manifest.size - offset))
         if length == 0:
             return 0
         wanted = manifest.blocks_for(offset, length)
-        got = self._blocks(wanted, path)
+        pieces = self._pieces(wanted, offset, length, path) if partial else {}
+        got = self._blocks([b for b in wanted if b.location.block_id not in pieces], path)
         for b in wanted:
-            data = got[b.location.block_id]
             lo, hi = max(offset, b.file_offset), min(offset + length, b.end)
-            view[lo - offset : hi - offset] = data[lo - b.file_offset : hi - b.file_offset]
+            bid = b.location.block_id
+            if bid in pieces:
+                start, data = pieces[bid]
+                view[lo - offset : hi - offset] = data[
+                    lo - b.file_offset - start : hi - b.file_offset - start
+                ]
+            else:
+                data = got[bid]
+                view[lo - offset : hi - offset] = data[lo - b.file_offset : hi - b.file_offset]
         self.stats.bytes_served += length
         return length
+
+    def _pieces(
+        self, blocks: list[BlockRef], offset: int, length: int, path: str
+    ) -> dict[str, tuple[int, bytes]]:
+        """For the blocks of a small read that no cache holds and no fetch is bringing:
+        (where in the block, bytes) of the frames the read touches, from the memory cache
+        or fetched (one ranged GET a block), verified frame by frame."""
+        out: dict[str, tuple[int, bytes]] = {}
+        disk = self.disk_cache
+        for b in blocks:
+            bid = b.location.block_id
+            lo, hi = max(offset, b.file_offset) - b.file_offset, min(offset + length, b.end)
+            hi -= b.file_offset
+            if (
+                bid in out
+                or hi - lo > PARTIAL_READ_MAX
+                or 2 * (hi - lo) > b.location.length
+                or not is_framed(b.location.codec)
+                or bid in self._inflight
+                or self.memory.get(bid) is not None
+                or (disk is not None and disk.contains(bid))
+            ):
+                continue
+            try:
+                loc = self.store.frames_of(b.location)
+                if loc is None or loc.frames is None:
+                    continue
+                covering = loc.frames.covering(lo, hi)
+                frames = [self.memory.get(f"{bid}#{i}") for i in covering]
+                missing = [i for i, f in zip(covering, frames, strict=True) if f is None]
+                if missing:
+                    fetch = range(missing[0], missing[-1] + 1)
+                    fetched = self.store.read_frames(loc, fetch)
+                    for i, data in zip(fetch, fetched, strict=True):
+                        self.memory.put(f"{bid}#{i}", data)
+                        frames[i - covering.start] = data
+                        self.stats.frames_fetched += 1
+                        self.stats.bytes_fetched += len(data)
+            except CorruptionError as e:
+                if not isinstance(e, MissingPackError):
+                    log.error(
+                        "corrupt frame of block %s of %s at offset %d (pack %s): %s",
+                        bid, path, b.file_offset, e.pack, e,
+                    )  # fmt: skip
+                raise e.with_file(path or "<stored file>", b.file_offset) from None
+            start = covering.start * loc.frames.size
+            out[bid] = (start, frames[0] if len(frames) == 1 else b"".join(frames))
+        return out
 
     def _blocks(self, blocks: list[BlockRef], path: str) -> dict[str, bytes]:
         got: dict[str, bytes] = {}

@@ -112,7 +112,8 @@ def test_safe_open_over_mount_fetches_only_the_header_and_the_tensor_it_loads(
     fetched = m.stats()["bytes_fetched"]
     size = minilm_path.stat().st_size
     print(f"safe_open of {name}: {fetched} bytes fetched of {size} ({fetched / size:.1%})")
-    assert 0 < fetched < 0.25 * size
+    # The header's frames and the tensor's (format 5): at most the tensor and a MiB.
+    assert 0 < fetched <= expected.nbytes + (1 << 20)
 
 
 # 2. torch

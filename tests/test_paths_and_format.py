@@ -422,8 +422,8 @@ V1_CONFIG = (
 )
 
 
-def test_new_stores_are_format_version_4_and_version_1_configs_still_read() -> None:
-    assert FORMAT_VERSION == 4 and StoreConfig().version == 4
+def test_new_stores_are_format_version_5_and_version_1_configs_still_read() -> None:
+    assert FORMAT_VERSION == 5 and StoreConfig().version == 5
     old = StoreConfig.from_bytes(V1_CONFIG)
     assert old.version == 1 and old.chunking == ChunkingLimits() and old.pack_size == 32 << 20
 

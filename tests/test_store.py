@@ -730,6 +730,59 @@ def test_blocks_uploaded_while_a_safetensors_file_is_written_are_skipped_by_its_
     assert store.manifest(PATH).size == len(minilm_bytes)
 
 
+def test_a_commit_given_the_early_blocks_reads_and_hashes_only_the_rest(
+    minilm_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelfs.store import store as store_module
+    from modelfs.store.early import EarlyUploader
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(minilm_bytes)
+    store = memory_store()
+    growing = GrowingFile(minilm_bytes)
+    early = EarlyUploader(store, growing, PATH)
+    growing.written = len(minilm_bytes) - (5 << 20)  # the last tensors still to come
+    early.advance(growing.written, minimum=1)
+    known = early.known()
+    assert known is not None and 0 < known.end <= growing.written
+
+    read: list[int] = []
+    pread = store_module._FileSource.pread
+    monkeypatch.setattr(
+        store_module._FileSource, "pread",
+        lambda self, offset, length: read.append(length) or pread(self, offset, length),
+    )  # fmt: skip
+    result = store.put(PATH, path, known=known)
+
+    # The header (to cut the file) and what came after the early blocks: nothing else.
+    assert sum(read) < len(minilm_bytes) - known.end + (1 << 20)
+    plain = memory_store()
+    expected = plain.put(PATH, minilm_bytes)
+    assert store.manifest(PATH).content_hash == plain.manifest(PATH).content_hash
+    assert [b.location.block_id for b in store.manifest(PATH).blocks] == [
+        b.location.block_id for b in plain.manifest(PATH).blocks
+    ]
+    assert result.size == expected.size
+    with modelfs.Client(store, cache_dir=tmp_path / "cache") as client:
+        assert client.read(PATH) == minilm_bytes
+
+
+def test_early_blocks_of_other_cuts_are_ignored_by_the_commit(minilm_bytes: bytes) -> None:
+    from modelfs.store.early import EarlyUploader
+
+    store = memory_store()
+    growing = GrowingFile(minilm_bytes)
+    early = EarlyUploader(store, growing, PATH)
+    growing.written = len(minilm_bytes)
+    early.advance(growing.written, minimum=1)
+    known = early.known()
+    assert known is not None
+    other = os.urandom(3 << 20)  # not what the early blocks were cut from
+    store.put("other.bin", other, known=known)
+    with modelfs.Client(store) as client:
+        assert client.read("other.bin") == other
+
+
 def test_an_early_upload_of_bytes_later_overwritten_does_not_reach_the_version(
     minilm_bytes: bytes, tmp_path: Path
 ) -> None:

@@ -96,10 +96,18 @@ class Reads:
         try:
             data = self.reader.read_cached(handle.manifest, offset, size)
             if data is None:
+                # Outside a sequential run (a header, a tensor through mmap), fetch only
+                # the frames of a block that the read touches.
+                partial = handle.readahead.sequential < SEQUENTIAL_THRESHOLD
                 data = await self._run(
                     functools.partial(
-                        self.reader.read, handle.manifest, offset, size, path=handle.path
-                    )
+                        self.reader.read,
+                        handle.manifest,
+                        offset,
+                        size,
+                        path=handle.path,
+                        partial=partial,
+                    )  # fmt: skip
                 )
         except MissingPackError as e:
             self.errors += 1

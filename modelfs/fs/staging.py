@@ -36,6 +36,7 @@ from pathlib import Path
 from ..errors import ModelfsError
 from ..store import Store, Version
 from ..store.metrics import Value, parse_value
+from ..store.store import KnownBlocks
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ class StagedFile:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def commit_to(self, store: Store) -> Version:
-        """Store the staged data as the next version of its path (blocking: run in a thread)."""
+    def commit_to(self, store: Store, known: KnownBlocks | None = None) -> Version:
+        """Store the staged data as the next version of its path (blocking: run in a thread;
+        known: its first blocks, uploaded while it was written)."""
         metadata = {
             k: v
             for k, v in self.metadata.items()
@@ -78,8 +80,9 @@ class StagedFile:
         mode = int(self.metadata.get(MODE_KEY, 0))
         metrics = staged_metrics(self.metadata)
         result = store.put(
-            self.path, self.data_path, metadata=metadata, mode=mode, metrics=metrics or None
-        )
+            self.path, self.data_path, metadata=metadata, mode=mode, metrics=metrics or None,
+            known=known,
+        )  # fmt: skip
         return store.version(self.path, result.version)
 
     def pread(self, offset: int, length: int) -> bytes:

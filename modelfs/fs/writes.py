@@ -709,7 +709,9 @@ class Writes:
                 # failed upload returns only once its data is durable and marked closed.
                 closing = self._fsyncs.submit(self.staging.mark_closed, staged)
                 try:
-                    version = await self._run(staged.commit_to, self.store)
+                    # Written front to back: what the early upload did is not done again.
+                    known = session.early.known() if session.early is not None else None
+                    version = await self._run(staged.commit_to, self.store, known)
                 finally:
                     await trio.to_thread.run_sync(futures.wait, [closing])
             except BaseException as e:

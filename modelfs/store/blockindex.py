@@ -48,6 +48,12 @@ class BlockIndex:
             got = self._packs.get(pack_id)
         return sum(loc.stored_length for loc in got[0]) if got is not None else None
 
+    def pack_locations(self, pack_id: str) -> list[BlockLocation] | None:
+        """A loaded pack's table (None: not loaded)."""
+        with self._lock:
+            got = self._packs.get(pack_id)
+        return got[0] if got is not None else None
+
     def packs(self) -> set[str]:
         with self._lock:
             return set(self._packs)

@@ -7,20 +7,25 @@ been written; once the header is complete it knows where every tensor's
 blocks will be cut (the cuts depend on the header alone), and uploads the
 blocks that are wholly written, a pack at a time.
 
-It changes nothing the commit relies on: the commit still reads, splits and
-hashes the whole file, and finds these blocks in the block index, so it only
-uploads what is left. A block that was overwritten after its early upload
-gets a new id at the commit; the early copy is then unreferenced garbage,
-as is everything uploaded early for a file that is never committed.
+The commit is given what was uploaded (known(): the blocks' spans, their ids
+and the content hash of their bytes), so it reads and hashes only the rest,
+and checks those blocks against the block index and collections as any put
+does. That holds only while the file is written front to back: the mount
+drops the uploader at the first write that is not an append, or a truncate,
+and the commit then reads, hashes and uploads the whole file (what was sent
+early and changed since is unreferenced garbage, as is everything uploaded
+early for a file that is never committed).
 """
 
 from __future__ import annotations
 
 import logging
 
+import blake3
+
 from ..errors import ModelfsError
 from .chunking import Gap, RandomAccess, Span, layout_cuts
-from .store import Store
+from .store import KnownBlocks, Store
 from .tensorfile import header_size_needed, parse_layout
 
 log = logging.getLogger(__name__)
@@ -45,12 +50,21 @@ class EarlyUploader:
         self.uploaded_bytes = 0  # stored bytes sent early
         self._spans: list[Span] | None = None
         self._next = 0  # index in _spans of the first block not yet uploaded
+        self._ids: list[str] = []  # of the blocks uploaded
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)  # of their bytes
 
     @property
     def spans(self) -> list[Span] | None:
         """The blocks this uploader may upload, in order, once the header is written
         (None before): always a prefix of what split() cuts the whole file into."""
         return self._spans
+
+    def known(self) -> KnownBlocks | None:
+        """What the commit need not read or hash again (None: nothing, or a batch failed
+        part way, so the content hash may hold part of it)."""
+        if not self.active or self._spans is None or not self._next:
+            return None
+        return KnownBlocks(self._spans[: self._next], list(self._ids), self._hasher.copy())
 
     def advance(self, written: int, *, minimum: int) -> None:
         """Upload the blocks within the first `written` bytes once they add up to `minimum`."""
@@ -66,7 +80,9 @@ class EarlyUploader:
             if end == self._next or self._spans[end - 1].end - self.uploaded_to < minimum:
                 return
             batch = self._spans[self._next : end]
-            self.uploaded_bytes += self.store.upload_blocks(self.source, batch)
+            ids, uploaded = self.store.upload_blocks(self.source, batch, self._hasher)
+            self.uploaded_bytes += uploaded
+            self._ids += ids
             self._next = end
             self.uploaded_to = batch[-1].end
             log.debug("%s: blocks up to offset %d uploaded early", self.path, self.uploaded_to)

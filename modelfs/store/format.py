@@ -29,10 +29,15 @@ FORMAT_NAME = "modelfs"
 # forwarded by moved/ records; a collection in progress is recorded under gc/; the
 # config holds the writers' commit window. A store becomes version 4 before the first
 # forget or collection.
-FORMAT_VERSION = 4
+# 5: framed blocks. A block larger than one frame is stored as independently coded
+# frames behind a frame directory (codec "frames+<codec>"), and its pack-table row
+# carries the frames' stored lengths and hashes, so that a read can verify a piece of a
+# block. A store becomes version 5 before its first framed block is uploaded.
+FORMAT_VERSION = 5
 SHORTENED_KEYS_VERSION = 2  # the format version that first allowed shortened names in keys
 NAMES_VERSION = 3  # the format version that first had names records, snapshots and metrics
 COLLECTION_VERSION = 4  # the format version that first had forgotten versions and collection
+FRAMES_VERSION = 5  # the format version that first had framed blocks
 # How long a writer may take from checking what a collection condemned to making a
 # new reference visible (store config, version 4). A collector waits longer than this.
 DEFAULT_COMMIT_WINDOW = 120.0
@@ -61,6 +66,16 @@ def object_id(data: bytes) -> str:
 def checksum(stored: bytes | memoryview) -> str:
     """xxh3-128 of a block's stored bytes: a fast check before decompression."""
     return xxhash.xxh3_128_hexdigest(stored)
+
+
+def frame_hash(stored: bytes | memoryview) -> str:
+    """The hash a pack table pins for one frame: BLAKE3 of its stored bytes, 128 bits
+    (a frame is checked on its own, before it is decoded, without the rest of its block)."""
+    return blake3.blake3(stored).hexdigest(length=16)
+
+
+def is_hex_digits(text: str) -> bool:
+    return _HEX_DIGITS.fullmatch(text) is not None
 
 
 def is_hex_id(text: object) -> bool:

@@ -5,18 +5,92 @@ block table, its length (4 bytes little-endian) and the magic b"MFSPACK1".
 The same table is also written as the pack's index object, so the block
 index can be loaded without reading packs, and rebuilt from packs alone.
 A pack is named by the BLAKE3-256 of its block table.
+
+A block larger than one frame (format 5) is stored as independently coded
+frames (codecs.py, "frames+<codec>"); its row in the table also carries the
+frame size, each frame's stored length and a BLAKE3-128 of each frame's stored
+bytes, so that a read can fetch, check and decode only the frames it needs:
+the pack's name pins its table, and the table pins every frame.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 from ..errors import FormatError
-from .format import canonical_json, is_hex_id, object_id, parse_json
+from .codecs import frame_directory, frame_directory_size, is_framed
+from .format import canonical_json, frame_hash, is_hex_digits, is_hex_id, object_id, parse_json
 
 PACK_MAGIC = b"MFSPACK1"
 _TRAILER = struct.Struct("<I8s")
+
+
+FRAME_HASH_HEX = 32  # hex digits of a frame's hash: BLAKE3 truncated to 128 bits
+
+
+@dataclass(frozen=True)
+class Frames:
+    """How a framed block's stored bytes divide: every frame holds `size` bytes of
+    plaintext but the last; `stored` are their stored lengths, `hashes` the BLAKE3-128
+    (hex) of each frame's stored bytes, back to back. Offsets count from the start of the
+    block's stored bytes, after its frame directory (codecs.frame_directory_size)."""
+
+    size: int
+    stored: tuple[int, ...]
+    hashes: str
+    starts: tuple[int, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", (0, *accumulate(self.stored)))
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def hash(self, i: int) -> str:
+        return self.hashes[i * FRAME_HASH_HEX : (i + 1) * FRAME_HASH_HEX]
+
+    def covering(self, lo: int, hi: int) -> range:
+        """The frames that hold plaintext bytes [lo, hi) of the block."""
+        return range(lo // self.size, min(len(self), -(-hi // self.size)))
+
+    def plain_length(self, i: int, length: int) -> int:
+        return min(self.size, length - i * self.size)
+
+    def to_json(self) -> list:
+        return [self.size, list(self.stored), self.hashes]
+
+    @classmethod
+    def from_json(cls, doc: object, length: int, stored_length: int, directory: int) -> Frames:
+        size, stored, hashes = doc  # type: ignore[misc]
+        if not (isinstance(size, int) and size > 0 and isinstance(stored, list)):
+            raise ValueError("bad frame list")
+        if not all(isinstance(n, int) and n > 0 for n in stored):
+            raise ValueError("bad frame length")
+        if len(stored) != -(-length // size) or len(stored) < 2:
+            raise ValueError(f"{len(stored)} frames of {size} bytes cannot hold {length} bytes")
+        if directory + sum(stored) != stored_length:
+            raise ValueError("frame lengths do not add up to the block's stored length")
+        if (
+            not isinstance(hashes, str)
+            or len(hashes) != FRAME_HASH_HEX * len(stored)
+            or not is_hex_digits(hashes)
+        ):
+            raise ValueError("bad frame hashes")
+        return cls(size, tuple(stored), hashes)
+
+
+def frames_of_stored(codec: str, stored: bytes | memoryview, length: int) -> Frames | None:
+    """The frames of a block from its stored bytes, verified whole (a copy keeps them)."""
+    if not is_framed(codec):
+        return None
+    size, lengths = frame_directory(stored)
+    view, pos, hashes = memoryview(stored), frame_directory_size(len(lengths)), []
+    for n in lengths:
+        hashes.append(frame_hash(view[pos : pos + n]))
+        pos += n
+    return Frames(size, lengths, "".join(hashes))
 
 
 @dataclass(frozen=True)
@@ -30,6 +104,9 @@ class BlockLocation:
     length: int  # of the plaintext
     codec: str
     checksum: str  # xxh3-128 of the stored bytes
+    # A framed block's frames, where known: pack tables carry them, manifests do not
+    # (Store.frames_of looks them up). Not part of a location's identity.
+    frames: Frames | None = field(default=None, compare=False, repr=False)
 
 
 def encode_table(locations: list[BlockLocation], nonce: str = "") -> bytes:
@@ -40,6 +117,7 @@ def encode_table(locations: list[BlockLocation], nonce: str = "") -> bytes:
             **({"nonce": nonce} if nonce else {}),
             "blocks": [
                 [b.block_id, b.offset, b.stored_length, b.length, b.codec, b.checksum]
+                + ([b.frames.to_json()] if b.frames is not None else [])
                 for b in locations
             ],
         }
@@ -51,15 +129,32 @@ def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
     try:
         rows = doc["blocks"]
         out = []
-        for block_id, offset, stored_length, length, codec, checksum in rows:
-            if not is_hex_id(block_id) or not all(
-                isinstance(n, int) and n >= 0 for n in (offset, stored_length, length)
+        for row in rows:
+            block_id, offset, stored_length, length, codec, checksum = row[:6]
+            if (
+                len(row) > 7
+                or not is_hex_id(block_id)
+                or not all(isinstance(n, int) and n >= 0 for n in (offset, stored_length, length))
             ):
                 raise ValueError(f"bad row for block {block_id!r}")
+            frames = None
+            if len(row) == 7:
+                if not is_framed(str(codec)):
+                    raise ValueError(f"block {block_id} has frames but codec {codec!r}")
+                frames = Frames.from_json(
+                    row[6], length, stored_length, frame_directory_size(len(row[6][1]))
+                )
             out.append(
                 BlockLocation(
-                    block_id, pack_id, offset, stored_length, length, str(codec), str(checksum)
-                )
+                    block_id,
+                    pack_id,
+                    offset,
+                    stored_length,
+                    length,
+                    str(codec),
+                    str(checksum),
+                    frames,
+                )  # fmt: skip
             )
         return out
     except (KeyError, TypeError, ValueError) as e:
@@ -78,9 +173,12 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, block_id: str, stored: bytes, length: int, codec: str, checksum: str) -> None:
+    def add(
+        self, block_id: str, stored: bytes, length: int, codec: str, checksum: str,
+        frames: Frames | None = None,
+    ) -> None:  # fmt: skip
         self._rows.append(
-            BlockLocation(block_id, "", self.size, len(stored), length, codec, checksum)
+            BlockLocation(block_id, "", self.size, len(stored), length, codec, checksum, frames)
         )
         self._parts.append(stored)
         self.size += len(stored)
@@ -95,8 +193,15 @@ class PackWriter:
         pack_id = object_id(table)
         locations = [
             BlockLocation(
-                b.block_id, pack_id, b.offset, b.stored_length, b.length, b.codec, b.checksum
-            )
+                b.block_id,
+                pack_id,
+                b.offset,
+                b.stored_length,
+                b.length,
+                b.codec,
+                b.checksum,
+                b.frames,
+            )  # fmt: skip
             for b in self._rows
         ]
         return pack_id, body, table, locations

@@ -34,7 +34,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import blake3
 
@@ -63,21 +63,33 @@ from .chunking import RandomAccess, Span, split
 from .condemned import Check, CondemnedView
 from .format import (
     CONFIG_KEY,
+    FRAMES_VERSION,
     NAMES_VERSION,
     SHORTENED_KEYS_VERSION,
     StoreConfig,
     block_id,
     checksum,
     config_with_version,
+    frame_hash,
     index_key,
     manifest_key,
     moved_key,
+    object_id,
     pack_key,
 )
 from .manifest import BlockRef, Manifest
 from .metrics import Metrics, check_metrics
 from .namespace import RefCache, Tree
-from .packs import MAX_MOVES, BlockLocation, PackWriter, parse_moved, read_trailer
+from .packs import (
+    MAX_MOVES,
+    BlockLocation,
+    Frames,
+    PackWriter,
+    decode_table,
+    frames_of_stored,
+    parse_moved,
+    read_trailer,
+)
 from .paths import (
     META_PREFIX,
     REFS_PREFIX,
@@ -111,12 +123,29 @@ COALESCE_MAX = 64 << 20
 UPLOADS_IN_FLIGHT = 4  # packs (32 MiB by default) uploading at once during a put
 # Manifests kept in memory (a 1 GiB safetensors file's is about 300 KB of JSON).
 MANIFEST_CACHE_ENTRIES = 64
+# Pack tables kept in memory for reads of single frames (a 32 MiB pack's is a few KB).
+TABLE_CACHE_ENTRIES = 4096
 # Requests to the backend in flight at once. scripts/bench.py --s3-requests
 # (SeaweedFS, 537 MB file, 0 and 20 ms round trips): N=1 is 10-26% slower to
 # read, N=2..32 all within noise for one reader and for put. 8 leaves room for
 # several readers at once and for S3's per-connection bandwidth, at worst
 # 8 x 64 MiB of coalesced ranges in memory.
 DEFAULT_MAX_REQUESTS = 8
+
+
+@dataclass
+class KnownBlocks:
+    """The first blocks of a file, uploaded while it was written (early.py) and not
+    changed since: their spans, ids, and the content hash of their bytes so far. A put
+    given them neither reads nor hashes those bytes again."""
+
+    spans: list[Span]
+    ids: list[str]
+    hasher: Any  # blake3, fed the bytes of the spans in order
+
+    @property
+    def end(self) -> int:
+        return self.spans[-1].end if self.spans else 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +217,9 @@ class Store:
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
         self._manifest_loads: dict[str, threading.Lock] = {}
+        # Pack tables read for frame reads, by pack: {offset: location}. Immutable.
+        self._tables: OrderedDict[str, dict[int, BlockLocation]] = OrderedDict()
+        self._tables_lock = threading.Lock()
 
     # opening
 
@@ -270,9 +302,11 @@ class Store:
         progress: Progress | None = None,
         mode: int = 0,
         metrics: Metrics | None = None,
+        known: KnownBlocks | None = None,
     ) -> PutResult:
         """Store source as the next version of path (mode: POSIX bits; 0 for a plain file),
-        with metrics recorded in the same commit."""
+        with metrics recorded in the same commit (known: its first blocks, uploaded early
+        and unchanged since)."""
         started = time.monotonic()
         path = normalize_path(path)
         key = self.check_new_path(path)
@@ -285,9 +319,17 @@ class Store:
             spans = split(
                 src.buffer if src.buffer is not None else src, layout, self.config.chunking
             )
+            skip = 0
+            if known is not None and spans[: len(known.spans)] == known.spans:
+                skip = len(known.spans)  # the same cuts: the early upload did these
+                if progress:
+                    progress(known.end)
             ids, new_blocks, new_bytes, uploaded, content_hash = self._store_blocks(
-                src, spans, progress
-            )
+                src, spans[skip:], progress,
+                hasher=known.hasher.copy() if skip and known is not None else None,
+            )  # fmt: skip
+            if skip and known is not None:
+                ids = known.ids + ids
             for _attempt in range(cas.ATTEMPTS):
                 if time.monotonic() > check.started + self.config.commit_window / 2:
                     check = self.check()  # a long upload: what collections condemned since
@@ -328,12 +370,16 @@ class Store:
         )  # fmt: skip
         return result
 
-    def upload_blocks(self, source: RandomAccess, spans: list[Span]) -> int:
-        """Store the blocks of these spans of source that the store lacks; returns the
-        stored bytes uploaded. No version is made: a later put finds them and skips them."""
+    def upload_blocks(
+        self, source: RandomAccess, spans: list[Span], hasher: Any = None
+    ) -> tuple[list[str], int]:
+        """Store the blocks of these spans of source that the store lacks; returns their
+        ids and the stored bytes uploaded, and feeds their bytes to hasher. No version is
+        made: a later put finds them and skips them (or is given them: KnownBlocks)."""
         if not self._index_loaded:
             self.check()
-        return self._store_blocks(source, spans, None)[3]
+        ids, _, _, uploaded, _ = self._store_blocks(source, spans, None, hasher=hasher)
+        return ids, uploaded
 
     # what collections condemned (condemned.py; FORMAT.md, "Collection")
 
@@ -444,8 +490,10 @@ class Store:
         for group in _coalesce(ordered):
             stored = self._fetch_stored(group, check=True)
             for loc in group:
-                writer.add(loc.block_id, stored[(loc.pack, loc.offset)], loc.length, loc.codec,
-                           loc.checksum)  # fmt: skip
+                data = stored[(loc.pack, loc.offset)]
+                # The same stored bytes, verified whole: their frames are read off them.
+                writer.add(loc.block_id, data, loc.length, loc.codec, loc.checksum,
+                           frames_of_stored(loc.codec, data, loc.length))  # fmt: skip
                 placed.append((loc.pack, loc.offset))
                 if writer.size >= self.config.pack_size:
                     flush()
@@ -459,14 +507,15 @@ class Store:
         progress: Progress | None,
         *,
         nonce: str = "",
+        hasher: Any = None,
     ) -> tuple[list[str], int, int, int, str]:
         """Hash, dedup, compress and upload the blocks of one file, in order (nonce: into
-        packs of their own; see _locate)."""
+        packs of their own; see _locate; hasher: the content hash of what comes before)."""
         level = self.config.zstd_level
         claimed: set[str] = set()  # new blocks this put is storing
         claim_lock = threading.Lock()
 
-        def prepare(span: Span) -> tuple[str, bytes, tuple[str, bytes] | None]:
+        def prepare(span: Span) -> tuple[str, bytes, Encoded | None]:
             # One read: the id, the stored bytes and the content hash must all
             # describe the same bytes even if the source file changes meanwhile.
             data = source.pread(span.offset, span.length)
@@ -474,9 +523,9 @@ class Store:
             with claim_lock:
                 known = bid in self.index or bid in claimed
                 claimed.add(bid)
-            return bid, data, None if known else codecs.encode(data, span.dtype, level)
+            return bid, data, None if known else _encode(data, span.dtype, level)
 
-        whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        whole = hasher if hasher is not None else blake3.blake3(max_threads=blake3.blake3.AUTO)
         ids: list[str] = []
         writer = PackWriter(nonce)
         uploads: deque[Future[None]] = deque()
@@ -491,7 +540,7 @@ class Store:
                 uploads.popleft().result()
 
         window = max(4, 2 * (os.cpu_count() or 2))
-        pending: deque[Future[tuple[str, bytes, tuple[str, bytes] | None]]] = deque()
+        pending: deque[Future[tuple[str, bytes, Encoded | None]]] = deque()
         spans_iter = iter(spans)
         try:
             while True:
@@ -506,8 +555,8 @@ class Store:
                 whole.update(data)
                 ids.append(bid)
                 if encoded is not None:
-                    codec, stored = encoded
-                    writer.add(bid, stored, len(data), codec, checksum(stored))
+                    codec, stored, frames = encoded
+                    writer.add(bid, stored, len(data), codec, checksum(stored), frames)
                     new_blocks += 1
                     new_bytes += len(data)
                     uploaded += len(stored)
@@ -528,6 +577,8 @@ class Store:
 
     def _upload_pack(self, writer: PackWriter) -> None:
         pack_id, body, table, locations = writer.finish()
+        if any(loc.frames is not None for loc in locations):
+            self.require_version(FRAMES_VERSION, "uploading framed blocks")
         if pack_id in self._condemned_packs:
             # The same blocks as a condemned pack (a forgotten version stored again): a
             # pack of its own, not that one (see _locate).
@@ -955,6 +1006,95 @@ class Store:
             for loc, t in zip(group, targets, strict=True)
         }
 
+    def frames_of(self, loc: BlockLocation, hops: int = 0) -> BlockLocation | None:
+        """Where a framed block is stored now, with its frames, as its pack's table has
+        them (the table checked against the pack's name, so every frame's hash is pinned);
+        a block of a rewritten pack is followed to its new place. None: the block is not
+        framed, or cannot be found (a whole read then says why)."""
+        if not codecs.is_framed(loc.codec):
+            return None
+        if loc.frames is not None:
+            return loc
+        table = self._table(loc.pack)
+        if table is None:
+            moved = self.moved(loc.pack) if hops < MAX_MOVES else None
+            target = moved.get(loc.offset) if moved is not None else None
+            if target is None or target.block_id != loc.block_id:
+                return None
+            return self.frames_of(target, hops + 1)
+        row = table.get(loc.offset)
+        if row is None or row.block_id != loc.block_id or row.frames is None:
+            raise CorruptionError(
+                f"pack {loc.pack} has no framed block {loc.block_id} at offset {loc.offset}",
+                block_id=loc.block_id, pack=loc.pack,
+            )  # fmt: skip
+        return row
+
+    def _table(self, pack: str) -> dict[int, BlockLocation] | None:
+        """A pack's table by offset: from the block index where it is loaded, else its index
+        object, checked against the pack's name (None: the index object is gone)."""
+        with self._tables_lock:
+            if pack in self._tables:
+                self._tables.move_to_end(pack)
+                return self._tables[pack]
+        rows = self.index.pack_locations(pack)
+        if rows is None or any(r.frames is None and codecs.is_framed(r.codec) for r in rows):
+            try:
+                data = self.backend.get(index_key(pack))
+            except NotFoundError:
+                return None
+            if object_id(data) != pack:
+                raise CorruptionError(
+                    f"the index object of pack {pack} does not match the pack's name", pack=pack
+                )
+            rows = decode_table(data, pack)
+        table = {r.offset: r for r in rows}
+        with self._tables_lock:
+            self._tables[pack] = table
+            while len(self._tables) > TABLE_CACHE_ENTRIES:
+                self._tables.popitem(last=False)
+        return table
+
+    def read_frames(self, loc: BlockLocation, frames: range, hops: int = 0) -> list[bytes]:
+        """The verified plaintext of some frames of a framed block (loc from frames_of),
+        with one ranged GET: each frame checked against the hash its pack's table pins,
+        then decoded. A pack rewritten meanwhile is followed (the same stored bytes)."""
+        f = loc.frames
+        assert f is not None and frames and frames.stop <= len(f)
+        base = loc.offset + codecs.frame_directory_size(len(f))
+        start, end = base + f.starts[frames.start], base + f.starts[frames.stop]
+        try:
+            data = self.backend.get(pack_key(loc.pack), ByteRange(start, end - start))
+        except NotFoundError:
+            moved = self.moved(loc.pack) if hops < MAX_MOVES else None
+            target = moved.get(loc.offset) if moved is not None else None
+            if target is None or target.block_id != loc.block_id:
+                raise MissingPackError(
+                    f"pack {loc.pack} is missing from the store", block_id=loc.block_id,
+                    pack=loc.pack,
+                ) from None  # fmt: skip
+            return self.read_frames(dataclasses.replace(target, frames=f), frames, hops + 1)
+        view = memoryview(data)
+        out = []
+        for i in frames:
+            piece = view[
+                f.starts[i] - f.starts[frames.start] : f.starts[i + 1] - f.starts[frames.start]
+            ]
+            what = f"frame {i} of block {loc.block_id} in pack {loc.pack}"
+            if len(piece) != f.stored[i]:
+                raise CorruptionError(f"{what} is truncated", block_id=loc.block_id, pack=loc.pack)
+            if frame_hash(piece) != f.hash(i):
+                raise CorruptionError(
+                    f"{what} does not match its hash", block_id=loc.block_id, pack=loc.pack
+                )
+            try:
+                out.append(codecs.decode_frame(loc.codec, piece, f.plain_length(i, loc.length)))
+            except CorruptionError as e:
+                raise CorruptionError(
+                    f"{what}: {e}", block_id=loc.block_id, pack=loc.pack
+                ) from None
+        return out
+
     def moved(self, pack: str) -> dict[int, BlockLocation] | None:
         """Where a rewritten pack's live blocks went, by their offset in it (None: the
         pack was not rewritten)."""
@@ -1165,6 +1305,21 @@ def check_conditional_writes(backend: Backend) -> None:
         )
 
 
+Encoded = tuple[str, bytes, Frames | None]  # codec, stored bytes, frames
+
+
+def _encode(data: bytes, dtype: str | None, level: int) -> Encoded:
+    """A block's codec, stored bytes and, for a framed block, its frames."""
+    codec, stored, frames = codecs.encode_frames(data, dtype, level)
+    if len(frames) == 1:
+        return codec, stored, None
+    return (
+        codec,
+        stored,
+        Frames(codecs.FRAME_SIZE, tuple(map(len, frames)), "".join(map(frame_hash, frames))),
+    )
+
+
 def verify_block(loc: BlockLocation, stored: memoryview | bytes) -> bytes:
     """The plaintext of a stored block, or CorruptionError: never unverified bytes."""
     if len(stored) != loc.stored_length:
@@ -1188,6 +1343,12 @@ def verify_block(loc: BlockLocation, stored: memoryview | bytes) -> bytes:
         raise CorruptionError(
             f"block {loc.block_id} in pack {loc.pack} does not match its id",
             block_id=loc.block_id, pack=loc.pack,
+        )  # fmt: skip
+    if loc.frames is not None and frames_of_stored(loc.codec, stored, loc.length) != loc.frames:
+        # The block is whole, but a read of one frame would fail (or be refused).
+        raise CorruptionError(
+            f"block {loc.block_id} in pack {loc.pack}: its frames do not match the hashes "
+            "its pack's table holds", block_id=loc.block_id, pack=loc.pack,
         )  # fmt: skip
     return plain
 
