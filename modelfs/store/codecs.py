@@ -141,21 +141,30 @@ def decode_frame(codec: str, stored: bytes | memoryview, length: int) -> bytes:
     return decode(codec[len(FRAMED) :], stored, length)
 
 
-def _decode_framed(inner: str, stored: memoryview, length: int) -> bytes:
+def _decode_framed(inner: str, stored: memoryview, length: int) -> bytearray:
     frame_size, lengths = frame_directory(stored)
     if frame_size == 0 or len(lengths) != -(-length // frame_size):
         raise ValueError("frame directory does not match the block's length")
     pos = frame_directory_size(len(lengths))
     if pos + sum(lengths) != len(stored):
         raise ValueError("frame directory does not match the block's stored length")
-    out = bytearray()
+    out = bytearray(length)
+    view = memoryview(out)
+    width = int(inner[2:]) if inner in BYTE_GROUPED.values() else 0
     for i, n in enumerate(lengths):
-        out += decode(inner, stored[pos : pos + n], min(frame_size, length - i * frame_size))
+        start = i * frame_size
+        size = min(frame_size, length - start)
+        piece = stored[pos : pos + n]
+        if width:  # decoded in place: one pass over the block's bytes, no copies
+            _decode_grouped(piece, width, size, into=view[start : start + size])
+        else:
+            plain = decode(inner, piece, size)
+            view[start : start + size] = plain
         pos += n
-    return bytes(out)
+    return out
 
 
-def decode(codec: str, stored: bytes | memoryview, length: int) -> bytes:
+def decode(codec: str, stored: bytes | memoryview, length: int) -> bytes | bytearray:
     """The plaintext of a stored block of `length` bytes; CorruptionError if it cannot be."""
     try:
         if is_framed(codec) and codec in CODECS:
@@ -260,7 +269,10 @@ def _decode_nibble_pairs(body: memoryview, count: int) -> np.ndarray:
     return out[:count]
 
 
-def _decode_grouped(stored: memoryview, width: int, length: int) -> bytes:
+def _decode_grouped(
+    stored: memoryview, width: int, length: int, into: memoryview | None = None
+) -> bytes | bytearray:
+    """The plaintext, decoded into `into` (length bytes) if given, else a new buffer."""
     if length % width or len(stored) < 1 + 5 * width or stored[0] != width:
         raise ValueError("byte-grouped block header does not match its codec")
     count = length // width
@@ -286,9 +298,11 @@ def _decode_grouped(stored: memoryview, width: int, length: int) -> bytes:
         streams.append(np.frombuffer(raw, dtype=np.uint8))
     if pos != len(stored):
         raise ValueError("byte-grouped block has trailing bytes")
-    values = np.empty(count, dtype=_UINT[width])
+    out = bytearray(length) if into is None else into
+    # The elements are built in place in the output: no copy of the block after.
+    values = np.frombuffer(out, dtype=_UINT[width], count=count)
     _merge_rotated(streams, values)
-    return values.tobytes()
+    return out if into is None else b""
 
 
 def _merge_rotated(streams: list[np.ndarray], values: np.ndarray) -> None:
