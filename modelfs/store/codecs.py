@@ -106,12 +106,13 @@ def frame_directory_size(count: int) -> int:
 
 def encode_frames(
     data: bytes | memoryview, dtype: str | None, level: int, frame_size: int = FRAME_SIZE
-) -> tuple[str, bytes, list[bytes]]:
-    """(codec, stored bytes, each frame's stored bytes) for one block: framed if it is
-    larger than one frame, else as encode() codes it (one frame, no directory)."""
+) -> tuple[str, list[bytes], list[bytes]]:
+    """(codec, the stored bytes in pieces, each frame's stored bytes) for one block:
+    framed if it is larger than one frame, else as encode() codes it (one frame, no
+    directory). The pieces are joined once, into their pack."""
     if len(data) <= frame_size:
         codec, stored = encode(data, dtype, level)
-        return codec, stored, [stored]
+        return codec, [stored], [stored]
     view = memoryview(data)
     pieces = [view[i : i + frame_size] for i in range(0, len(view), frame_size)]
     width = DTYPE_SIZES.get(dtype or "", 0)
@@ -127,7 +128,7 @@ def encode_frames(
     directory = _DIRECTORY.pack(frame_size, len(frames)) + struct.pack(
         f"<{len(frames)}I", *map(len, frames)
     )
-    return FRAMED + inner, b"".join([directory, *frames]), frames
+    return FRAMED + inner, [directory, *frames], frames
 
 
 def frame_directory(stored: bytes | memoryview) -> tuple[int, tuple[int, ...]]:

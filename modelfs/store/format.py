@@ -63,9 +63,15 @@ def object_id(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def checksum(stored: bytes | memoryview) -> str:
-    """xxh3-128 of a block's stored bytes: a fast check before decompression."""
-    return xxhash.xxh3_128_hexdigest(stored)
+def checksum(stored: bytes | memoryview | list[bytes]) -> str:
+    """xxh3-128 of a block's stored bytes (or of its pieces in order): a fast check
+    before decompression."""
+    if not isinstance(stored, list):
+        return xxhash.xxh3_128_hexdigest(stored)
+    h = xxhash.xxh3_128()
+    for piece in stored:
+        h.update(piece)
+    return h.hexdigest()
 
 
 def frame_hash(stored: bytes | memoryview) -> str:

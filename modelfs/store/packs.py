@@ -174,14 +174,17 @@ class PackWriter:
         return len(self._rows)
 
     def add(
-        self, block_id: str, stored: bytes, length: int, codec: str, checksum: str,
-        frames: Frames | None = None,
+        self, block_id: str, stored: bytes | memoryview | list[bytes], length: int, codec: str,
+        checksum: str, frames: Frames | None = None,
     ) -> None:  # fmt: skip
+        """Add a block's stored bytes (or their pieces in order, joined once, at finish)."""
+        pieces = stored if isinstance(stored, list) else [stored]
+        size = sum(map(len, pieces))
         self._rows.append(
-            BlockLocation(block_id, "", self.size, len(stored), length, codec, checksum, frames)
+            BlockLocation(block_id, "", self.size, size, length, codec, checksum, frames)
         )
-        self._parts.append(stored)
-        self.size += len(stored)
+        self._parts.extend(pieces)
+        self.size += size
 
     def finish(self) -> tuple[str, bytes, bytes, list[BlockLocation]]:
         """(pack id, pack bytes, table bytes, locations) for the blocks added."""

@@ -559,7 +559,7 @@ class Store:
                     writer.add(bid, stored, len(data), codec, checksum(stored), frames)
                     new_blocks += 1
                     new_bytes += len(data)
-                    uploaded += len(stored)
+                    uploaded += sum(map(len, stored))
                     if writer.size >= self.config.pack_size:
                         flush()
                 if progress:
@@ -1305,11 +1305,11 @@ def check_conditional_writes(backend: Backend) -> None:
         )
 
 
-Encoded = tuple[str, bytes, Frames | None]  # codec, stored bytes, frames
+Encoded = tuple[str, list[bytes], Frames | None]  # codec, stored bytes in pieces, frames
 
 
 def _encode(data: bytes, dtype: str | None, level: int) -> Encoded:
-    """A block's codec, stored bytes and, for a framed block, its frames."""
+    """A block's codec, stored bytes (in pieces) and, for a framed block, its frames."""
     codec, stored, frames = codecs.encode_frames(data, dtype, level)
     if len(frames) == 1:
         return codec, stored, None
