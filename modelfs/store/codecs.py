@@ -64,6 +64,8 @@ _MAX_NIBBLE_ESCAPES = 1 / 256
 # Below this, grouping costs more in stream headers than it saves.
 _MIN_GROUPED_SIZE = 4096
 _GROUPED_STREAM_LEVEL = 1
+# Bytes of a stream sampled to pick its 15 values (bincount widens each byte to 8).
+_NIBBLE_SAMPLE = 8192
 
 _local = threading.local()
 
@@ -226,7 +228,7 @@ def _escaped_positions(pairs: np.ndarray) -> np.ndarray:
 def _encode_nibble_pairs(stream: np.ndarray) -> bytes | None:
     """The stream as nibble pairs, or None where too many bytes fall outside 15 values."""
     # The 15 values from a sample: counting every byte would cost more than the coding.
-    sample = stream[:: max(1, stream.size // 65536)]
+    sample = stream[:: max(1, stream.size // _NIBBLE_SAMPLE)]
     counts = np.bincount(sample, minlength=256)
     top = np.argsort(-counts, kind="stable")[:15].astype(np.uint8)
     if sample.size - counts[top].sum() > 2 * sample.size * _MAX_NIBBLE_ESCAPES:
