@@ -339,3 +339,20 @@ def test_a_version_4_store_reads_as_it_was_and_becomes_version_5_at_its_first_fr
         assert json.loads(backend.get(CONFIG_KEY))["version"] == 5
     with modelfs.open_store(url) as c:
         assert c.read("small") == small and c.read(PATH) == minilm_path.read_bytes()
+
+
+def test_the_block_index_holds_no_frames_and_frame_reads_take_them_from_the_table(
+    stored: str, minilm_path: Path
+) -> None:
+    data, _ = tensors(minilm_path)
+    store, backend, reader = reader_of(stored)
+    with store:
+        store.refresh_index()  # as a writer loads it, for dedup
+        framed = [loc for loc in store.index.locations() if codecs.is_framed(loc.codec)]
+        assert framed and all(loc.frames is None for loc in framed)
+        manifest = store.manifest(PATH)
+        ref = next(b for b in manifest.blocks if codecs.is_framed(b.location.codec))
+        offset = ref.file_offset + FRAME
+        assert reader.read(manifest, offset, 100, partial=True) == data[offset : offset + 100]
+        assert backend.pack_bytes <= FRAME
+        reader.close()

@@ -9,6 +9,7 @@ pack's index object first, and no writer may deduplicate against it after that.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import Executor
 
@@ -37,6 +38,11 @@ class BlockIndex:
         return self._locations.get(block_id)
 
     def add(self, pack_id: str, locations: list[BlockLocation]) -> None:
+        # Frames are kept out: dedup needs none, and they would be most of the index.
+        locations = [
+            loc if loc.frames is None else dataclasses.replace(loc, frames=None)
+            for loc in locations
+        ]
         with self._lock:
             for loc in locations:
                 self._locations.setdefault(loc.block_id, loc)
@@ -47,12 +53,6 @@ class BlockIndex:
         with self._lock:
             got = self._packs.get(pack_id)
         return sum(loc.stored_length for loc in got[0]) if got is not None else None
-
-    def pack_locations(self, pack_id: str) -> list[BlockLocation] | None:
-        """A loaded pack's table (None: not loaded)."""
-        with self._lock:
-            got = self._packs.get(pack_id)
-        return got[0] if got is not None else None
 
     def packs(self) -> set[str]:
         with self._lock:
@@ -106,7 +106,9 @@ class BlockIndex:
 
         def load(pack_id: str) -> tuple[str, list[BlockLocation] | None]:
             try:
-                return pack_id, decode_table(backend.get(INDEX_PREFIX + pack_id), pack_id)
+                # Without frames: dedup needs none, and they are most of a table.
+                data = backend.get(INDEX_PREFIX + pack_id)
+                return pack_id, decode_table(data, pack_id, frames=False)
             except NotFoundError:
                 return pack_id, None  # condemned since the listing
 

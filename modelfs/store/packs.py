@@ -124,7 +124,9 @@ def encode_table(locations: list[BlockLocation], nonce: str = "") -> bytes:
     )
 
 
-def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
+def decode_table(data: bytes, pack_id: str, *, frames: bool = True) -> list[BlockLocation]:
+    """A pack's block table (frames=False: without framed blocks' frames, which only a
+    read of part of a block needs; the block index of a large store is mostly frames)."""
     doc = parse_json(data, f"block table of pack {pack_id}")
     try:
         rows = doc["blocks"]
@@ -137,13 +139,14 @@ def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
                 or not all(isinstance(n, int) and n >= 0 for n in (offset, stored_length, length))
             ):
                 raise ValueError(f"bad row for block {block_id!r}")
-            frames = None
+            found = None
             if len(row) == 7:
                 if not is_framed(str(codec)):
                     raise ValueError(f"block {block_id} has frames but codec {codec!r}")
-                frames = Frames.from_json(
-                    row[6], length, stored_length, frame_directory_size(len(row[6][1]))
-                )
+                if frames:
+                    found = Frames.from_json(
+                        row[6], length, stored_length, frame_directory_size(len(row[6][1]))
+                    )
             out.append(
                 BlockLocation(
                     block_id,
@@ -153,7 +156,7 @@ def decode_table(data: bytes, pack_id: str) -> list[BlockLocation]:
                     length,
                     str(codec),
                     str(checksum),
-                    frames,
+                    found,
                 )  # fmt: skip
             )
         return out

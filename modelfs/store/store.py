@@ -1031,24 +1031,21 @@ class Store:
         return row
 
     def _table(self, pack: str) -> dict[int, BlockLocation] | None:
-        """A pack's table by offset: from the block index where it is loaded, else its index
-        object, checked against the pack's name (None: the index object is gone)."""
+        """A pack's table by offset, with its frames, from its index object checked against
+        the pack's name (None: the index object is gone). The block index holds no frames."""
         with self._tables_lock:
             if pack in self._tables:
                 self._tables.move_to_end(pack)
                 return self._tables[pack]
-        rows = self.index.pack_locations(pack)
-        if rows is None or any(r.frames is None and codecs.is_framed(r.codec) for r in rows):
-            try:
-                data = self.backend.get(index_key(pack))
-            except NotFoundError:
-                return None
-            if object_id(data) != pack:
-                raise CorruptionError(
-                    f"the index object of pack {pack} does not match the pack's name", pack=pack
-                )
-            rows = decode_table(data, pack)
-        table = {r.offset: r for r in rows}
+        try:
+            data = self.backend.get(index_key(pack))
+        except NotFoundError:
+            return None
+        if object_id(data) != pack:
+            raise CorruptionError(
+                f"the index object of pack {pack} does not match the pack's name", pack=pack
+            )
+        table = {r.offset: r for r in decode_table(data, pack)}
         with self._tables_lock:
             self._tables[pack] = table
             while len(self._tables) > TABLE_CACHE_ENTRIES:
