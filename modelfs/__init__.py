@@ -23,6 +23,7 @@ from .errors import (
     InvalidPathError,
     ModelfsError,
     NotFoundError,
+    PinLimitError,
     StoreNotFoundError,
     UnsupportedFormatError,
 )
@@ -33,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "CollectedError", "CollectionInProgressError", "CorruptionError",
     "ForgottenError", "FormatError", "InvalidPathError", "ModelfsError",
-    "NotFoundError", "StoreNotFoundError", "UnsupportedFormatError", "init_store",
+    "NotFoundError", "PinLimitError", "StoreNotFoundError", "UnsupportedFormatError", "init_store",
     "load_model", "open_store", "save_model", "select_model", "update_model",
     "compare_models", "compare_series",
 ]  # fmt: skip

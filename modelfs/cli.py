@@ -36,6 +36,7 @@ from .store.paths import version_address
 from .store.registry import Event, Name, load_record
 from .store.retention import DEFAULT_ALIAS_HISTORY, Policy, parse_duration
 from .store.store import DEFAULT_MAX_REQUESTS
+from .warmup import DEFAULT_JOBS, find_mount
 
 log = logging.getLogger("modelfs")
 
@@ -780,6 +781,117 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warmup_target(args: argparse.Namespace) -> tuple[Client, list[str]]:
+    """The store and cache that warmup's paths name, and the paths as store paths: those
+    of the mount they lie in, or --store's (with its cache directory)."""
+    if args.store is not None:
+        client = open_store(
+            args.store, cache_dir=args.cache_dir, cache_size=args.cache_size or DEFAULT_CACHE_SIZE,
+            max_requests=args.max_requests, retry_seconds=args.retry_seconds,
+            s3_options=s3_options(args),
+        )  # fmt: skip
+        return client, list(args.paths)
+    if not args.paths:
+        raise InvalidArgumentError("give a path in a modelfs mount, or --store URL")
+    located = []
+    for path in args.paths:
+        found = find_mount(path)
+        if found is None:
+            raise InvalidArgumentError(
+                f"{path} is not in a modelfs mount: give paths in a mount, or --store URL "
+                "(and --cache-dir) with paths in the store"
+            )
+        located.append(found)
+    mounts = sorted({m.mountpoint for m, _ in located})
+    if len(mounts) > 1:
+        raise InvalidArgumentError(
+            f"the paths lie in {len(mounts)} mounts ({', '.join(mounts)}): warm each separately"
+        )
+    mount = located[0][0]
+    if args.cache_dir is not None and os.path.abspath(args.cache_dir) != mount.cache_dir:
+        raise InvalidArgumentError(
+            f"paths in the mount at {mount.mountpoint} go to its cache ({mount.cache_dir}): "
+            "--cache-dir is for --store"
+        )
+    client = open_store(
+        mount.store, cache_dir=mount.cache_dir, cache_size=args.cache_size or mount.cache_size,
+        max_requests=args.max_requests, retry_seconds=args.retry_seconds,
+        s3_options=s3_options(args),
+    )  # fmt: skip
+    return client, [path for _, path in located]
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    if args.pin + args.unpin + args.list > 1:
+        raise InvalidArgumentError("give one of --pin, --unpin and --list")
+    if not args.paths and not args.list:
+        raise InvalidArgumentError("give the files or directories to warm up")
+    client, paths = _warmup_target(args)
+    with client:
+        if args.list:
+            return _list_pins(client, paths, args)
+        if args.unpin:
+            removed = client.unpin(paths)
+            if args.json:
+                _print_json([{"path": p.meta.get("path"), "version": p.meta.get("version"),
+                              "bytes": p.bytes} for p in removed])  # fmt: skip
+            for p in removed if not args.json else ():
+                print(f"unpinned {p.meta.get('path')}@{p.meta.get('version')} ({human(p.bytes)})")
+            if not removed and not args.json:
+                print("nothing was pinned there")
+            return 0
+        bar = ProgressBar("warmup", 0, force=args.progress)
+
+        def planned(total: int) -> None:
+            bar.total = total
+
+        summary = client.warmup(paths, pin=args.pin, progress=bar, on_plan=planned, jobs=args.jobs)
+        bar.close()
+    if args.json:
+        _print_json(summary.to_json())
+        return 0
+    s = summary
+    pinned = f"; pinned {s.pinned} files" if s.pinned else ""
+    print(
+        f"warmed {s.files} files ({human(s.bytes)}, {s.blocks} blocks): {s.blocks_cached} "
+        f"blocks already cached, {s.blocks_fetched} fetched ({human(s.bytes_fetched)}) in "
+        f"{s.seconds:.1f} s, {s.mb_per_s:.0f} MB/s{pinned}"
+    )
+    return 0
+
+
+def _list_pins(client: Client, paths: list[str], args: argparse.Namespace) -> int:
+    prefixes = [p.strip("/") for p in paths]
+    pins = [
+        p for p in client.pins()
+        if not prefixes or any(
+            not pre or p.meta.get("path") == pre or str(p.meta.get("path")).startswith(pre + "/")
+            for pre in prefixes
+        )
+    ]  # fmt: skip
+    cache = client.reader.disk_cache
+    assert cache is not None
+    rows = [
+        {"path": p.meta.get("path"), "version": p.meta.get("version"), "blocks": len(p.blocks),
+         "cached_blocks": sum(cache.contains(b) for b in p.blocks), "bytes": p.bytes,
+         "time": p.time}
+        for p in pins
+    ]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(
+            f"{r['path']}@{r['version']}  {human(r['bytes'])}  {r['cached_blocks']} of "
+            f"{r['blocks']} blocks cached  pinned {_when(r['time'])}"
+        )
+    print(
+        f"pinned in all: {human(cache.pinned_bytes())} of the cache limit "
+        f"{human(cache.max_bytes)} ({cache.directory})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelfs", description="A deduplicating, verified store for model files."
@@ -914,6 +1026,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("mountpoint")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_stats)
+
+    sp = sub.add_parser(
+        "warmup", help="fetch files into the local cache ahead of use (and pin them there)",
+        description="Fetch files, or every file under directories, into the disk cache that "
+        "a mount reads: PATHs in a running mount, or with --store, paths in that store.",
+    )  # fmt: skip
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="files or directories")
+    sp.add_argument("--store", metavar="URL", help="PATHs are paths in this store, not a mount")
+    sp.add_argument("--cache-dir", help="with --store: the cache (default that of the store)")
+    sp.add_argument("--cache-size", type=parse_size,
+                    help="cache limit (default the mount's, or 10G)")  # fmt: skip
+    sp.add_argument("--pin", action="store_true", help="pin them: eviction never removes them")
+    sp.add_argument("--unpin", action="store_true", help="remove their pins; fetch nothing")
+    sp.add_argument("--list", action="store_true", help="list the pins (under PATHs)")
+    sp.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, metavar="N",
+                    help=f"batches fetched at once (default {DEFAULT_JOBS})")  # fmt: skip
+    sp.add_argument("--max-requests", type=positive_int, default=DEFAULT_MAX_REQUESTS,
+                    metavar="N", help="requests to the store in flight at once")  # fmt: skip
+    sp.add_argument("--retry-seconds", type=seconds, default=DEFAULT_MAX_ELAPSED,
+                    metavar="SECONDS", help="how long to retry a failing S3 request")  # fmt: skip
+    sp.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint")
+    sp.add_argument("--region", help="S3 region")
+    sp.add_argument("--profile", help="AWS profile for the credentials")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument(
+        "--progress", action="store_true", help="show progress even when not on a terminal"
+    )
+    sp.set_defaults(fn=cmd_warmup)
 
     sp = add(
         "forget", cmd_forget, "remove versions from their histories by rule (gc reclaims the space)"

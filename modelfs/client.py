@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import blake3
 
 from .backends import open_backend
-from .cache import DiskBlockCache
+from .cache import DiskBlockCache, Pin
 from .errors import (
     AlreadyExistsError,
     CorruptionError,
@@ -59,6 +59,7 @@ from .store.retention import ForgetPlan, Policy, apply_forget, estimate_freed, p
 from .store.selection import Selection, select
 from .store.snapshots import join
 from .store.store import DEFAULT_MAX_REQUESTS, Progress, Source
+from .warmup import DEFAULT_JOBS, WarmupSummary, unpin, warmup
 
 DEFAULT_CACHE_SIZE = 10 << 30
 
@@ -98,6 +99,8 @@ class Client:
 
     def close(self) -> None:
         self.reader.close()
+        if self.reader.disk_cache is not None:
+            self.reader.disk_cache.close()
         self.store.close()
 
     def __enter__(self) -> Client:
@@ -442,6 +445,42 @@ class Client:
             "reclaimable_bytes": where["reclaimable_bytes"],
             "collections_pending": len(list(iter_records(self.store))),
         }
+
+    # the disk cache
+
+    def warmup(
+        self,
+        paths: str | Sequence[str],
+        pin: bool = False,
+        progress: Progress | None = None,
+        *,
+        on_plan: Callable[[int], None] | None = None,
+        jobs: int = DEFAULT_JOBS,
+    ) -> WarmupSummary:
+        """Fetch files (a directory: every current file under it; or addresses) into the
+        disk cache ahead of use, in parallel; blocks already cached are not fetched again.
+        pin: pin them too, so that no eviction removes them (PinLimitError, and nothing
+        fetched, if the pinned blocks would take more than the cache limit). progress is
+        called with the bytes of each block fetched, on_plan once with the bytes to fetch."""
+        return warmup(
+            self.store, self._disk_cache(), self.list, [paths] if isinstance(paths, str) else paths,
+            pin=pin, progress=progress, on_plan=on_plan, jobs=jobs,
+        )  # fmt: skip
+
+    def unpin(self, paths: str | Sequence[str]) -> list[Pin]:
+        """Remove the pins of files (a directory: of every file under it); the pins removed."""
+        return unpin(
+            self._disk_cache(), self.url, [paths] if isinstance(paths, str) else list(paths)
+        )
+
+    def pins(self) -> list[Pin]:
+        """The pins in the disk cache of this store, by path."""
+        return [p for p in self._disk_cache().pins() if p.meta.get("store") == self.url]
+
+    def _disk_cache(self) -> DiskBlockCache:
+        if self.reader.disk_cache is None:
+            raise InvalidArgumentError("this store was opened without a disk cache")
+        return self.reader.disk_cache
 
     # retention and collection
 

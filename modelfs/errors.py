@@ -153,5 +153,11 @@ class PermissionDeniedError(BackendError):
     errno = _errno.EACCES
 
 
+class PinLimitError(ModelfsError):
+    """Pinning more would leave pinned blocks alone over the cache's limit."""
+
+    errno = _errno.ENOSPC
+
+
 class ReadOnlyError(ModelfsError):
     errno = _errno.EROFS

@@ -25,6 +25,7 @@ from conftest import sha256
 from storeobjects import StoreObjects
 
 import modelfs
+from modelfs.store import codecs
 from modelfs.store.addresses import resolve
 from modelfs.store.format import pack_key
 
@@ -881,14 +882,22 @@ def test_corrupt_block_gives_eio_and_never_wrong_bytes(
         blocks = c.store.manifest("model.bin").blocks
     assert len(blocks) >= 4
     bad = blocks[-2]
+    with modelfs.open_store(store_url) as c:
+        framed = c.store.frames_of(bad.location)  # format 5: a block of 256 KiB frames
+    assert framed is not None and framed.frames is not None and len(framed.frames) >= 2
+    frames = framed.frames
+    k = len(frames) - 1  # damage the last frame
+    flip = codecs.frame_directory_size(len(frames)) + frames.starts[k] + 10
     with StoreObjects(store_url) as objects:
-        objects.flip_byte(
-            pack_key(bad.location.pack), bad.location.offset + bad.location.stored_length // 2
-        )
+        objects.flip_byte(pack_key(bad.location.pack), bad.location.offset + flip)
     m = mount_store(store_url, allow_errors=True)  # a fresh cache: every block is fetched
     with open(m.path / "model.bin", "rb", buffering=0) as f:
-        e = pytest.raises(OSError, os.pread, f.fileno(), 4096, bad.file_offset + 100)
+        damaged = bad.file_offset + k * frames.size + 1
+        e = pytest.raises(OSError, os.pread, f.fileno(), 4096, damaged)
         assert e.value.errno == errno.EIO
+        # The block's other frames are checked on their own, and read.
+        first = bad.file_offset + 100
+        assert os.pread(f.fileno(), 4096, first) == data[first : first + 4096]
         assert os.pread(f.fileno(), 4096, 0) == data[:4096]
         middle = blocks[1].file_offset
         assert os.pread(f.fileno(), 8192, middle) == data[middle : middle + 8192]
@@ -899,7 +908,8 @@ def test_corrupt_block_gives_eio_and_never_wrong_bytes(
             while chunk := f.read(1 << 20):
                 got += chunk
     assert e.value.errno == errno.EIO
-    assert len(got) <= bad.file_offset and bytes(got) == data[: len(got)]
+    # Nothing from the damaged frame on (the frames before it may be served: verified).
+    assert len(got) <= bad.file_offset + k * frames.size and bytes(got) == data[: len(got)]
     assert "model.bin" in m.log
     assert bad.location.block_id in m.log
     assert f"offset {bad.file_offset}" in m.log

@@ -85,6 +85,8 @@ class Control:
             "bytes_served": r.bytes_served,
             "disk_cache_bytes": disk.size if disk else 0,
             "disk_cache_limit": disk.max_bytes if disk else 0,
+            # Where `modelfs warmup PATH-IN-THE-MOUNT` puts blocks for this mount to find.
+            "disk_cache_dir": str(disk.directory.absolute()) if disk else None,
             "opens": self.requests.opens,
             "reads": self.requests.reads,
             "writes": w.writes,
