@@ -126,6 +126,14 @@ class BlockReader:
 
         self._prefetcher.submit(run)
 
+    def opened(self, manifest: Manifest) -> None:
+        """A reader opened this version: read the tables of its framed blocks' packs in
+        the background, so that its first small reads (a header, one tensor through mmap)
+        wait only for their frames."""
+        self.store.preload_tables(
+            b.location.pack for b in manifest.blocks if is_framed(b.location.codec)
+        )
+
     def read(
         self, manifest: Manifest, offset: int, length: int, *, path: str = "",
         partial: bool = False,

@@ -1146,6 +1146,39 @@ def test_a_commit_that_passes_the_window_checks_again_before_it_lands(
         assert c.read("q") == data
 
 
+@pytest.mark.parametrize("change", ["tag", "rename", "chmod"])
+def test_a_naming_or_metadata_change_that_passes_the_window_is_tried_again_in_a_new_one(
+    env: Env, caplog: pytest.LogCaptureFixture, change: str
+) -> None:
+    data = st(x=rand())
+    env.put("p", data)
+    stalled: list[str] = []
+
+    def stall(method: str, key: str) -> None:
+        # The first compare-and-swap read of the change: its write would land too late.
+        if method == "get_with_etag" and not stalled and key != CONFIG_KEY:
+            stalled.append(key)
+            time.sleep(WINDOW + 0.05)
+
+    client = modelfs.Client(Store.open(Hooked(env.backend, stall)), use_disk_cache=False)
+    if change == "tag":
+        client.tag("p@1", "v1")
+    elif change == "rename":
+        client.store.rename("p", "q")
+    else:
+        client.store.chmod("p", 0o600)
+    client.close()
+
+    assert stalled and "took longer than the commit window; checking again" in caplog.text
+    with env.reader() as c:
+        if change == "tag":
+            assert c.read("p@v1") == data
+        elif change == "rename":
+            assert c.read("q") == data and "p" not in [f.path for f in c.list()]
+        else:
+            assert c.store.version("p").file_mode == 0o600 and c.read("p") == data
+
+
 # a collector killed at any backend call
 
 

@@ -711,6 +711,8 @@ class Operations(pyfuse3.Operations):
         self.inodes.told(inode, version)
         handle = ReadHandle(path, inode, version, manifest)
         self.inodes.add_reader(handle)
+        if not keep:  # pages the kernel keeps need no frames
+            self.reader.opened(manifest)
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
 
     async def _open_view(self, inode: int, key: str, writing: bool) -> pyfuse3.FileInfo:

@@ -23,10 +23,12 @@ MIN_READAHEAD = 4 << 20
 MAX_READAHEAD = 64 << 20
 log = logging.getLogger(__name__)
 
-# Twice the kernel's own readahead (mount.py raises it to 1 MiB): a page fault in an
-# mmap makes the kernel read 1 MiB around it, which may look sequential but is all
-# the reader wants (safetensors maps the file and touches one tensor).
-SEQUENTIAL_THRESHOLD = 2 << 20
+# Eight times the kernel's own readahead (mount.py raises it to 1 MiB): page faults
+# in an mmap make the kernel read 1 MiB around each, in order through a tensor, which
+# looks sequential but is all the reader wants (safetensors maps the file and touches
+# one tensor; reads until then fetch only the frames they touch). Past it, whole blocks
+# in big batches.
+SEQUENTIAL_THRESHOLD = 8 << 20
 NEAR = 8 << 20  # reads this close to the last ones continue a sequential run
 
 

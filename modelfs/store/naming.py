@@ -82,20 +82,24 @@ def name_version(
     the path the address names, or to owner (a directory the version lies under:
     `run@champion` naming run/step-2)."""
     # The version is read, then named: a collection that meanwhile condemns what it
-    # holds waits longer than the commit window, so the name must land within it.
-    check = store.check(index=False)
-    parsed, resolved, target = _target(store, address, owner, check)
-    owner = owner_of(parsed) if owner is None else parse_address(owner).path
-    expected = None
-    if expect is not None:
-        _, _, expected = _target(store, expect)
-    store.require_version(NAMES_VERSION, f"naming {resolved.pinned}")
-    named, before = set_name(
-        store.backend, owner, _owner_is_dir(store, owner, resolved), name, target,
-        alias=alias, message=message, expect=expected,
-        deadline=check.deadline(store.config.commit_window),
-    )  # fmt: skip
-    return named, before, resolved
+    # holds waits longer than the commit window, so the name must land within it (or
+    # be tried again in a new one: nothing is written after the window's end).
+
+    def change(check: Check) -> tuple[Name, Target | None, Resolved]:
+        parsed, resolved, target = _target(store, address, owner, check)
+        named_by = owner_of(parsed) if owner is None else parse_address(owner).path
+        expected = None
+        if expect is not None:
+            _, _, expected = _target(store, expect)
+        store.require_version(NAMES_VERSION, f"naming {resolved.pinned}")
+        named, before = set_name(
+            store.backend, named_by, _owner_is_dir(store, named_by, resolved), name, target,
+            alias=alias, message=message, expect=expected,
+            deadline=check.deadline(store.config.commit_window),
+        )  # fmt: skip
+        return named, before, resolved
+
+    return store.within_commit_window(f"name {address} {name!r}", change)
 
 
 def unname(store: Store, path: str, name: str, *, alias: bool, message: str = "") -> Target:

@@ -220,6 +220,8 @@ class Store:
         # Pack tables read for frame reads, by pack: {offset: location}. Immutable.
         self._tables: OrderedDict[str, dict[int, BlockLocation]] = OrderedDict()
         self._tables_lock = threading.Lock()
+        # Its own threads: table reads ahead of need never queue before data reads.
+        self._tables_io = ThreadPoolExecutor(2, thread_name_prefix="modelfs-tables")
 
     # opening
 
@@ -275,6 +277,7 @@ class Store:
         return True
 
     def close(self) -> None:
+        self._tables_io.shutdown(wait=True, cancel_futures=True)
         self._io.shutdown(wait=True)
         self._cpu.shutdown(wait=True)
         self.backend.close()
@@ -820,6 +823,17 @@ class Store:
             raise NotFoundError(f"no such directory in the store: {path}") from None
         self.backend.delete(marker)
 
+    def within_commit_window(self, what: str, change: Callable[[Check], T]) -> T:
+        """Run change(check) in a fresh commit window, again in a new one if it did not
+        make its reference visible within it (cas.DeadlinePassed: nothing was written)."""
+        for _attempt in range(cas.ATTEMPTS):
+            check = self.check(index=False)
+            try:
+                return change(check)
+            except cas.DeadlinePassed:
+                log.info("%s took longer than the commit window; checking again", what)
+        raise ConflictError(f"could not {what} within the store's commit window")
+
     def rename(self, old: str, new: str, *, message: str = "") -> Version:
         """Make old's current content the next version of new, then delete old.
 
@@ -827,54 +841,66 @@ class Store:
         its previous version or the renamed content, never a mix.
         """
         old, new = normalize_path(old), normalize_path(new)
-        check = self.check(index=False)
-        source = self.version(old)
-        if old == new:
-            return source
-        key = self.check_new_path(new)
-        self._check_namespace(new, "rename to")
-        self.require_format(key)
-        assert source.manifest is not None
-        version = append_version(
-            self.backend, new, self.referencable(source.manifest, check), size=source.size,
-            mode=source.mode, content_hash=source.content_hash,
-            message=message or f"renamed from {old}", metrics=self._carried_metrics(old, source),
-            deadline=check.deadline(self.config.commit_window),
-        )  # fmt: skip
-        append_version(self.backend, old, None, message=f"renamed to {new}")
+
+        def copy(check: Check) -> Version:
+            source = self.version(old)
+            if old == new:
+                return source
+            key = self.check_new_path(new)
+            self._check_namespace(new, "rename to")
+            self.require_format(key)
+            assert source.manifest is not None
+            return append_version(
+                self.backend, new, self.referencable(source.manifest, check),
+                size=source.size, mode=source.mode, content_hash=source.content_hash,
+                message=message or f"renamed from {old}",
+                metrics=self._carried_metrics(old, source),
+                deadline=check.deadline(self.config.commit_window),
+            )  # fmt: skip
+
+        version = self.within_commit_window(f"rename {old} to {new}", copy)
+        if old != new:
+            append_version(self.backend, old, None, message=f"renamed to {new}")
         return version
 
     def set_metadata(self, path: str, metadata: dict[str, str], *, message: str = "") -> Version:
         """A new version of path with the same content and this metadata (no data moves)."""
         path = normalize_path(path)
         metadata = _check_metadata(metadata)
-        check = self.check(index=False)
-        current = self.version(path)
-        assert current.manifest is not None
-        manifest = self.load_manifest(self.referencable(current.manifest, check))
-        if manifest.metadata == metadata:
-            return current
-        updated = dataclasses.replace(manifest, metadata=metadata, nonce="")
-        return append_version(
-            self.backend, path, self._store_manifest(updated, check), size=current.size,
-            mode=current.mode, content_hash=current.content_hash,
-            message=message or "metadata changed", metrics=self._carried_metrics(path, current),
-            deadline=check.deadline(self.config.commit_window),
-        )  # fmt: skip
+
+        def change(check: Check) -> Version:
+            current = self.version(path)
+            assert current.manifest is not None
+            manifest = self.load_manifest(self.referencable(current.manifest, check))
+            if manifest.metadata == metadata:
+                return current
+            updated = dataclasses.replace(manifest, metadata=metadata, nonce="")
+            return append_version(
+                self.backend, path, self._store_manifest(updated, check), size=current.size,
+                mode=current.mode, content_hash=current.content_hash,
+                message=message or "metadata changed",
+                metrics=self._carried_metrics(path, current),
+                deadline=check.deadline(self.config.commit_window),
+            )  # fmt: skip
+
+        return self.within_commit_window(f"change the metadata of {path}", change)
 
     def chmod(self, path: str, mode: int) -> Version:
         """A new version of path with the same content and these mode bits."""
-        check = self.check(index=False)
-        current = self.version(path)
-        if current.file_mode == mode:
-            return current  # rsync and cp -p set the mode a file already has
-        assert current.manifest is not None
-        return append_version(
-            self.backend, normalize_path(path), self.referencable(current.manifest, check),
-            size=current.size, mode=mode, content_hash=current.content_hash,
-            message="mode changed", metrics=self._carried_metrics(path, current),
-            deadline=check.deadline(self.config.commit_window),
-        )  # fmt: skip
+
+        def change(check: Check) -> Version:
+            current = self.version(path)
+            if current.file_mode == mode:
+                return current  # rsync and cp -p set the mode a file already has
+            assert current.manifest is not None
+            return append_version(
+                self.backend, normalize_path(path), self.referencable(current.manifest, check),
+                size=current.size, mode=mode, content_hash=current.content_hash,
+                message="mode changed", metrics=self._carried_metrics(path, current),
+                deadline=check.deadline(self.config.commit_window),
+            )  # fmt: skip
+
+        return self.within_commit_window(f"change the mode of {path}", change)
 
     def _carried_metrics(self, path: str, current: Version) -> dict | None:
         """The metrics a version with the same content keeps (a chmod, an xattr, a rename:
@@ -1051,6 +1077,21 @@ class Store:
             while len(self._tables) > TABLE_CACHE_ENTRIES:
                 self._tables.popitem(last=False)
         return table
+
+    def preload_tables(self, packs: Iterable[str]) -> None:
+        """Start reading these packs' tables in the background (errors: the read that
+        needs one reads it again and reports), so a first read of one frame of a block of
+        theirs waits for no table."""
+        with self._tables_lock:
+            wanted = [p for p in dict.fromkeys(packs) if p not in self._tables]
+        for pack in wanted:
+            self._tables_io.submit(self._preload_table, pack)
+
+    def _preload_table(self, pack: str) -> None:
+        try:
+            self._table(pack)
+        except ModelfsError as e:
+            log.debug("preloading the table of pack %s: %s", pack, e)
 
     def read_frames(self, loc: BlockLocation, frames: range, hops: int = 0) -> list[bytes]:
         """The verified plaintext of some frames of a framed block (loc from frames_of),
