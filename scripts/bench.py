@@ -487,6 +487,56 @@ def compression(work: Path, source: Path, name: str) -> dict[str, Any]:
     }
 
 
+FRAME_SIZES = (64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20)
+
+
+def frame_sizes(sources: dict[str, Path], repeats: int = 3) -> dict[str, Any]:
+    """How the frame size of framed blocks (format 5) moves the ratio and the codec's speed:
+    every tensor of at least 1 MiB of each file, coded whole and in frames of each size
+    with the codec modelfs picks (bg4 for fp32, bg2 for bf16), on one thread."""
+    from modelfs.store import codecs
+
+    out: dict[str, Any] = {}
+    for key, path in sources.items():
+        entries = read_entries(path)
+        with open(path, "rb") as f:
+            blocks = []
+            for e in entries:
+                if e.end - e.start >= 1 << 20:
+                    f.seek(e.start)
+                    blocks.append((f.read(e.end - e.start), e.dtype))
+        total = sum(len(b) for b, _ in blocks)
+        rows = {}
+        for size in (0, *FRAME_SIZES):  # 0: whole blocks
+            enc, dec, stored = [], [], 0
+            for _ in range(repeats):
+                stored = 0
+                t0 = time.perf_counter()
+                coded = []
+                for data, dtype in blocks:
+                    pieces = (
+                        [data]
+                        if not size
+                        else [data[i : i + size] for i in range(0, len(data), size)]
+                    )
+                    coded.append([(codecs.encode(p, dtype, 3), len(p)) for p in pieces])
+                t1 = time.perf_counter()
+                for frames in coded:
+                    for (codec, body), n in frames:
+                        stored += len(body)
+                        codecs.decode(codec, body, n)
+                t2 = time.perf_counter()
+                enc.append(t1 - t0)
+                dec.append(t2 - t1)
+            rows["whole" if not size else str(size >> 10)] = {
+                "ratio": total / stored,
+                "encode_mb_s": total / statistics.median(enc) / MB,
+                "decode_mb_s": total / statistics.median(dec) / MB,
+            }
+        out[key] = {"bytes": total, "blocks": len(blocks), "sizes": rows}
+    return out
+
+
 def dedup(work: Path, original: Path, rng: np.random.Generator) -> dict[str, Any]:
     tuned = work / "minilm-fine-tuned.safetensors"
     changed = make_fine_tuned(original, tuned, rng)
@@ -2377,15 +2427,30 @@ def machine_info(work: Path) -> dict[str, Any]:
 
 
 def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """bench.py --peers: modelfs against JuiceFS, rclone mount and s3fs-fuse (scripts/peerbench.py)."""
+    """bench.py --peers: modelfs against JuiceFS, rclone mount and s3fs-fuse (scripts/peerbench.py),
+    on loopback and through each --link rate (scripts/netlink.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import signal
+
     import finetune
+    import netlink
     import peerbench
+    import peers
+
+    peers.ONLY = args.tools
+    started = time.monotonic()
 
     def log(msg: str) -> None:
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            print(f"[{time.monotonic() - started:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
+    # A SIGTERM unwinds like Ctrl-C, so that mounts, servers and namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if args.link:
+        if (why := netlink.namespaces_available()) is not None:
+            sys.exit(f"bench: --link: {why}")
+        for name in netlink.remove_stale():
+            log(f"removed {name}, left by a benchmark run that was killed")
     size = args.size or 1 << 30
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="modelfs-peers-", dir=args.workdir))
@@ -2393,17 +2458,23 @@ def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         machine = machine_info(work)
         rng = np.random.default_rng(args.seed)
         fp32 = minilm_path()
-        models = []
+        models, finetunes = [], []
         for r in range(args.repeats):
             log(f"generating model {r + 1}/{args.repeats} ({size / MB:.0f} MB of perturbed MiniLM)")
             models.append(work / f"model-{r}.safetensors")
             info = make_big_file(fp32, models[-1], size, rng)
+            # Its fine-tune, or the next checkpoint: 10% of the tensors changed, holding
+            # about 10% of the bytes (every tenth in file order would pick mostly small ones:
+            # 2% of the bytes at 256M; a plain random draw 3 to 19%, as a few embeddings
+            # hold most of them).
+            entries = read_entries(models[-1])
+            changed = _tenth_of_tensors_and_bytes(entries, rng)
+            finetunes.append(work / f"model-{r}-ft.safetensors")
+            shutil.copyfile(models[-1], finetunes[-1])
+            overwrite_tensors(models[-1], finetunes[-1], changed, lambda a: _changed(a, rng))
+        changed_share = sum(e.nbytes for e in changed) / sum(e.nbytes for e in entries)
         # The tensor stored last: a reader must skip nearly the whole file to reach it.
-        with open(models[0], "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        tensor = max(header, key=lambda k: header[k]["data_offsets"][0])
+        tensor = entries[-1].name
         bf16 = work / "minilm-bf16.safetensors"
         make_bf16(fp32, bf16)
         cache = bench_cache_dir()
@@ -2411,9 +2482,24 @@ def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         for mode in ("frozen", "full"):
             log(f"fine-tuning MiniLM ({mode}) for the checkpoint series (cached)")
             series[mode] = finetune.make_checkpoints(cache / "checkpoints", mode, args.checkpoints)
+        scenarios: dict[str, Any] = {}
         with seaweedfs() as server:
             weed = _weed_version()
-            results = peerbench.run(server, work / "peers", models, tensor, series, bf16, log)
+            log("scenario: loopback")
+            scenarios["loopback"] = peerbench.run_scenario(
+                server, work / "peers", models, finetunes, tensor, None, log
+            )
+            stored = peerbench.run_bytes(server, work / "peers", series, bf16, log)
+        for rate in args.link:
+            if args.json:  # what is measured so far, in case a later scenario fails
+                partial = {"scenarios": scenarios, **stored}
+                args.json.write_text(json.dumps(partial, indent=2) + "\n")
+            log(f"scenario: a {rate} link")
+            with netlink.rate_limited_seaweedfs(rate, work) as link:
+                scenarios[rate] = peerbench.run_scenario(
+                    link.server, work / f"peers-{rate}", models, finetunes, tensor, link, log
+                )
+        results = {"versions": scenarios["loopback"]["versions"], "scenarios": scenarios, **stored}
         command = "scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -2424,10 +2510,12 @@ def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"{machine['workdir_filesystem']} workdir",
             "seaweedfs": weed,
             "model": f"{info['tensors']} F32 tensors from perturbed MiniLM copies, "
-            f"{size / MB:.0f} MB; deep tensor {tensor!r}; checkpoints: {args.checkpoints} per "
-            "series, MiniLM fine-tuned (scripts/finetune.py); bf16: MiniLM in bf16 "
-            f"({bf16.stat().st_size / MB:.1f} MB)",
+            f"{size / MB:.0f} MB; its fine-tune (the next checkpoint): {len(changed)} tensors "
+            f"({changed_share:.1%} of the bytes) changed, drawn at random; deep tensor "
+            f"{tensor!r}; checkpoints: {args.checkpoints} per series, MiniLM fine-tuned "
+            f"(scripts/finetune.py); bf16: MiniLM in bf16 ({bf16.stat().st_size / MB:.1f} MB)",
             "repeats": args.repeats,
+            "runai_model_streamer": _package_version("runai-model-streamer"),
         }
         args.report_dir.mkdir(parents=True, exist_ok=True)
         md, png = args.report_dir / "BENCHMARKS.md", args.report_dir / "benchmarks.png"
@@ -2435,13 +2523,56 @@ def peers_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
         log(f"wrote {md} and {png}")
-        print(md.read_text())
+        print("\n".join(peerbench.goals_summary(results)))
     finally:
         if args.keep:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _tenth_of_tensors_and_bytes(
+    entries: list[TensorEntry], rng: np.random.Generator
+) -> list[TensorEntry]:
+    """A tenth of the tensors, in file order, holding about a tenth of the bytes: the
+    largest that fit in a tenth of the bytes (ties in a random order, so that they come
+    from all over the file), then the smallest others (biases, norms) to make the count."""
+    want, budget = max(1, len(entries) // 10), sum(e.nbytes for e in entries) / 10
+    order = sorted(range(len(entries)), key=lambda i: (-entries[i].nbytes, rng.random()))
+    chosen: list[int] = []
+    used = 0
+    for i in order:
+        if len(chosen) < want - 1 and used + entries[i].nbytes <= budget:
+            chosen.append(i)
+            used += entries[i].nbytes
+    taken = set(chosen)
+    rest = [i for i in reversed(order) if i not in taken]
+    chosen += rest[: want - len(chosen)]
+    return [entries[i] for i in sorted(chosen)]
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def link_rates(text: str) -> list[str]:
+    """--link 1gbit,10gbit: tc rates, each checked."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import netlink
+
+    rates = [r.strip() for r in text.split(",") if r.strip()]
+    try:
+        for r in rates:
+            netlink.parse_rate(r)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if len(set(rates)) != len(rates) or not rates:
+        raise argparse.ArgumentTypeError(f"a list of distinct rates, like 1gbit,10gbit: {text!r}")
+    return rates
 
 
 def _weed_version() -> str:
@@ -2526,6 +2657,20 @@ def report(res: dict[str, Any]) -> str:
                 f"  ({key}: codecs {c['modelfs_codecs']}, whole store dir "
                 f"{fmt_mb(c['modelfs_store_dir_bytes'])} MB)"
             )
+        if "frame_sizes" in res:
+            lines += [
+                "",
+                "Frame size of framed blocks (tensors of 1 MiB and more, coded whole or in frames; "
+                f"medians of {cfg['repeats']}, one thread)",
+                f"  {'file':<6}{'frame':>8}{'ratio':>9}{'encode MB/s':>13}{'decode MB/s':>13}",
+            ]
+            for key, fs in res["frame_sizes"].items():
+                for size, row in fs["sizes"].items():
+                    label = "whole" if size == "whole" else f"{size} KiB"
+                    lines.append(
+                        f"  {key:<6}{label:>8}{row['ratio']:>9.4f}{row['encode_mb_s']:>13.0f}"
+                        f"{row['decode_mb_s']:>13.0f}"
+                    )
         d = res["dedup"]
         lines += [
             "",
@@ -2701,6 +2846,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="where --peers writes its report (default docs/)")  # fmt: skip
     p.add_argument("--checkpoints", type=int, default=5,
                    help="--peers and --gc: checkpoints in each fine-tune series (5)")  # fmt: skip
+    p.add_argument("--tools", type=lambda t: t.split(","), default=None, metavar="NAMES",
+                   help="--peers: only these tools (modelfs,juicefs,rclone,s3fs; default all)")  # fmt: skip
+    p.add_argument("--link", type=link_rates, default=[], metavar="RATES",
+                   help="--peers: also run the whole comparison with SeaweedFS behind a link "
+                   "limited to each rate (tc words: 1gbit,10gbit); needs root and network "
+                   "namespaces (default: loopback only)")  # fmt: skip
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -2794,6 +2945,8 @@ def main(argv: list[str] | None = None) -> int:
                     "fp32": compression(work, fp32, "fp32"),
                     "bf16": compression(work, bf16, "bf16"),
                 }
+                log("frame sizes")
+                res["frame_sizes"] = frame_sizes({"fp32": fp32, "bf16": bf16}, args.repeats)
                 log("dedup")
                 res["dedup"] = dedup(work, fp32, rng)
 

@@ -9,6 +9,7 @@ interface, so that the benchmark runs the same workloads on each:
         ...write...; peer.wait_durable(mnt / "f", size)
         peer.unmount(); peer.drop_cache(); peer.mount()   # a cold start
         ...read...; peer.unmount()
+        other = peer.node(1)          # the same filesystem mounted again, with its own cache
 
 Each tool gets the settings a careful user would choose for model files:
 a local disk cache of about the size of modelfs's default (10 GiB), data
@@ -22,6 +23,8 @@ Caveats:
   stats without a request to the bucket.
 - rclone uploads after close, in the background: a file is durable only after
   wait_durable, and drop_cache before that would lose it.
+- JuiceFS's nodes (peer.node) share the first mount's SQLite file, as mounts on
+  one machine can; nodes on separate machines would need a metadata server.
 """
 
 from __future__ import annotations
@@ -269,6 +272,25 @@ class Peer:
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.cache_dir.mkdir()
 
+    def node(self, i: int) -> Peer:
+        """Another mount of this peer's filesystem, with a cache of its own, as on node i.
+
+        It shares the bucket (and, for JuiceFS, the metadata) and lives in
+        ROOT/node-i; set up already, it only needs mount().
+        """
+        other = type(self)(self.server, self.root / f"node-{i}")
+        other.root.mkdir(parents=True, exist_ok=True)
+        other.root.chmod(0o700)
+        other.mountpoint.mkdir(exist_ok=True)
+        other.cache_dir.mkdir(exist_ok=True)
+        other.bucket, other.prefix = self.bucket, self.prefix
+        other._setup_node(self)
+        return other
+
+    def _setup_node(self, first: Peer) -> None:
+        """What a second mount of first's filesystem needs (config files; no format)."""
+        self._setup()
+
     def version(self) -> str:
         if self._version is None:
             self._version = self._version_text().strip()
@@ -316,6 +338,9 @@ class ModelfsPeer(Peer):
         self.prefix = "models/"
         _run([sys.executable, "-m", "modelfs", "init", self.url], self._env())
 
+    def _setup_node(self, first: Peer) -> None:
+        pass  # the store exists: a node only mounts it
+
     def _mount_command(self) -> tuple[list[str], dict[str, str]]:
         # The log goes beside the cache, not into it, so that drop_cache keeps it.
         argv = [
@@ -361,9 +386,16 @@ class JuiceFSPeer(Peer):
     program = "juicefs"
     volume = "bench"
 
+    meta_root: Path | None = None  # where meta.db is, if not in self.root (a node's)
+
     @property
     def meta_url(self) -> str:
-        return f"sqlite3://{self.root / 'meta.db'}"
+        return f"sqlite3://{(self.meta_root or self.root) / 'meta.db'}"
+
+    def _setup_node(self, first: Peer) -> None:
+        # Nodes on one machine can share the SQLite file (SQLite locks it between the
+        # mounts); nodes on separate machines would need a metadata server (Redis, TiKV).
+        self.meta_root = first.root
 
     def _setup(self) -> None:
         # format reads the keys from ACCESS_KEY/SECRET_KEY (kept out of argv) and stores
@@ -534,6 +566,11 @@ class S3fsPeer(Peer):
 PEERS: list[type[Peer]] = [ModelfsPeer, JuiceFSPeer, RclonePeer, S3fsPeer]
 
 
+# The tools a run compares (bench.py --tools); None: all of them.
+ONLY: list[str] | None = None
+
+
 def make_peers(server: S3Server, workdir: Path) -> list[Peer]:
     """One of each tool over `server`, each in workdir/NAME; call setup() on each before use."""
-    return [cls(server, workdir) for cls in PEERS]
+    peers = [cls(server, workdir) for cls in PEERS]
+    return [p for p in peers if ONLY is None or p.name in ONLY]

