@@ -99,8 +99,28 @@ def encode_model(params: Mapping[str, Any], metadata: Mapping[str, str] | None =
     return header + b"".join(tensors[n].data for n in sorted(tensors))
 
 
-def decode_model(data: bytes, framework: str | None = None) -> dict[str, Any]:
-    """The tensors of a safetensors file, as numpy arrays or torch tensors."""
+_READ_STEP = 64 << 20
+
+
+def _read_whole(client: Client, address: str) -> bytearray:
+    """A stored file's bytes, read straight into one buffer that the tensors loaded from it
+    then share (no copy of the file: a model costs its size in memory, once)."""
+    with client.open(address) as f:
+        buffer = bytearray(f.size)
+        view = memoryview(buffer)
+        done = 0
+        while done < len(buffer):
+            # In steps: a read of the whole file would hold every decoded block at once.
+            n = f.readinto(view[done : done + _READ_STEP])
+            if not n:
+                raise FormatError(f"{address} ended after {done} of {len(buffer)} bytes")
+            done += n
+    return buffer
+
+
+def decode_model(data: bytes | bytearray, framework: str | None = None) -> dict[str, Any]:
+    """The tensors of a safetensors file, as numpy arrays or torch tensors. From a
+    bytearray the tensors are views of it, writable, with no copy; from bytes, copies."""
     layout = parse_layout(data, len(data))
     if layout is None:
         raise FormatError("not a valid safetensors file")
@@ -109,8 +129,10 @@ def decode_model(data: bytes, framework: str | None = None) -> dict[str, Any]:
     if framework == "torch" and torch is None:
         framework = "numpy"
     out: dict[str, Any] = {}
+    shared = isinstance(data, bytearray)  # ours to hand out: tensors view it
+    whole = memoryview(data)
     for t in layout.tensors:
-        raw = data[t.start : t.end]
+        raw = whole[t.start : t.end]
         if torch is not None:
             tdtype = {
                 "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
@@ -120,8 +142,8 @@ def decode_model(data: bytes, framework: str | None = None) -> dict[str, Any]:
             if tdtype is None:
                 raise FormatError(f"tensor {t.name!r} has dtype {t.dtype}, which torch cannot hold")
             tensor = (
-                torch.frombuffer(bytearray(raw), dtype=tdtype)
-                if raw
+                torch.frombuffer(raw if shared else bytearray(raw), dtype=tdtype)
+                if len(raw)
                 else torch.empty(0, dtype=tdtype)
             )
             out[t.name] = tensor.reshape(t.shape)
@@ -139,7 +161,8 @@ def decode_model(data: bytes, framework: str | None = None) -> dict[str, Any]:
                 ) from None
         if np_dtype is None or DTYPE_SIZES.get(t.dtype) != np_dtype.itemsize:
             raise FormatError(f"tensor {t.name!r} has dtype {t.dtype}, which numpy cannot hold")
-        out[t.name] = np.frombuffer(raw, dtype=np_dtype.newbyteorder("<")).reshape(t.shape).copy()
+        array = np.frombuffer(raw, dtype=np_dtype.newbyteorder("<")).reshape(t.shape)
+        out[t.name] = array if shared else array.copy()
     return out
 
 
@@ -165,14 +188,15 @@ def _load_directory(client: Client, resolved: Resolved, framework: str | None) -
     snap = resolved.snapshot
     assert snap is not None
 
-    def read(inner: str) -> bytes:
+    def read(inner: str, whole: bool = False) -> bytes | bytearray:
         f = snap.file(inner)
         if f is None:
             raise NotFoundError(f"{resolved.pinned} holds no {inner}")
-        return client.read(version_address(join(snap.path, inner), f.version))
+        address = version_address(join(snap.path, inner), f.version)
+        return _read_whole(client, address) if whole else client.read(address)
 
     if snap.file(WEIGHTS_FILE) is not None:
-        return decode_model(read(WEIGHTS_FILE), framework)
+        return decode_model(read(WEIGHTS_FILE, whole=True), framework)
     if snap.file(INDEX_FILE) is None:
         raise NotFoundError(
             f"{resolved.pinned} is a directory with neither {WEIGHTS_FILE} nor {INDEX_FILE}"
@@ -184,7 +208,7 @@ def _load_directory(client: Client, resolved: Resolved, framework: str | None) -
         raise FormatError(f"{resolved.pinned}/{INDEX_FILE} is not a shard index: {e}") from None
     out: dict[str, Any] = {}
     for shard in shards:
-        for key, tensor in decode_model(read(shard), framework).items():
+        for key, tensor in decode_model(read(shard, whole=True), framework).items():
             if key in out:
                 raise FormatError(f"{resolved.pinned}: tensor {key!r} is in two shards")
             out[key] = tensor
@@ -295,14 +319,16 @@ def load_model(
             best = _select(client, name, select, order_by)
             if best.is_dir:
                 return _load_directory(client, best, framework)
-            data = client.read(best.pinned)
+            data = _read_whole(client, best.pinned)
         elif (
             name.endswith(".safetensors")
             or _stored_file(client, name)
             or (not client.store.is_dir(name))
         ):
             path = model_path(name)
-            data = client.read(version_address(path, version) if version is not None else path)
+            data = _read_whole(
+                client, version_address(path, version) if version is not None else path
+            )
         else:
             address = version_address(name, version) if version is not None else name
             resolved = client.resolve(address)
