@@ -343,13 +343,7 @@ class DiskBlockCache:
         self._size -= seg.size
         for block_id, entry in seg.entries.items():
             if self._index.get(block_id) is entry:
-                del self._index[block_id]
-                other = next(
-                    (s.entries[block_id] for s in self._segments.values() if block_id in s.entries),
-                    None,
-                )  # fmt: skip
-                if other is not None:
-                    self._index[block_id] = other
+                self._unindex(block_id)
 
     # reading
 
@@ -425,19 +419,24 @@ class DiskBlockCache:
             except OSError:
                 pass  # evicted meanwhile, or a read-only cache: it still serves
 
+    def _unindex(self, block_id: str) -> None:
+        """Forget where a block is (the lock held), or find it in another segment that
+        holds it too (two processes cached it at once)."""
+        del self._index[block_id]
+        other = next(
+            (s.entries[block_id] for s in self._segments.values() if block_id in s.entries),
+            None,
+        )  # fmt: skip
+        if other is not None:
+            self._index[block_id] = other
+
     def _drop(self, block_id: str, entry: _Entry) -> None:
         """Forget a damaged entry, here and (by its magic) for every later scan."""
         with self._lock:
             if entry.segment.entries.get(block_id) is entry:
                 del entry.segment.entries[block_id]
             if self._index.get(block_id) is entry:
-                del self._index[block_id]
-                other = next(
-                    (s.entries[block_id] for s in self._segments.values() if block_id in s.entries),
-                    None,
-                )  # fmt: skip
-                if other is not None:
-                    self._index[block_id] = other
+                self._unindex(block_id)
         try:
             fd = os.open(entry.segment.path, os.O_WRONLY)
         except OSError:
