@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 import xxhash
 
 from .errors import InvalidArgumentError, PinLimitError
+from .units import human
 
 log = logging.getLogger(__name__)
 
@@ -747,8 +748,8 @@ class DiskBlockCache:
                 first, more = next(iter(new.items())), len(new) - 1
                 what = first[1][1].get("path", first[0]) + (f" and {more} more" if more else "")
                 raise PinLimitError(
-                    f"cannot pin {what}: pinned blocks would take {_human(after)}, over the "
-                    f"cache limit of {_human(self.max_bytes)} ({self.directory}); unpin "
+                    f"cannot pin {what}: pinned blocks would take {human(after)}, over the "
+                    f"cache limit of {human(self.max_bytes)} ({self.directory}); unpin "
                     "something (modelfs warmup --unpin PATH) or raise --cache-size"
                 )
             for key, (blocks, meta) in new.items():
@@ -766,14 +767,6 @@ class DiskBlockCache:
             except FileNotFoundError:
                 return False
             return True
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
 
 
 class _DirLock:

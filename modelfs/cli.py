@@ -36,6 +36,7 @@ from .store.paths import version_address
 from .store.registry import Event, Name, load_record
 from .store.retention import DEFAULT_ALIAS_HISTORY, Policy, parse_duration
 from .store.store import DEFAULT_MAX_REQUESTS
+from .units import human
 from .warmup import DEFAULT_JOBS, find_mount
 
 log = logging.getLogger("modelfs")
@@ -81,14 +82,6 @@ def duration(text: str) -> float:
         return parse_duration(text)
     except InvalidArgumentError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
 
 
 class ProgressBar:

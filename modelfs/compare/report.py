@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError, ModelfsError
 from ..store.query import Where, parse_where
+from ..units import human
 from .diff import (
     ABSENT,
     ADDED,
@@ -185,13 +186,8 @@ def cosine(x: float | None) -> str:
 
 
 def size(n: int) -> str:
-    """Bytes in binary units, as cli.human shows them (compare/ cannot import the CLI)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    """Bytes in binary units, as every command shows them."""
+    return human(n)
 
 
 def shorten(text: str, width: int) -> str:
