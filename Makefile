@@ -11,7 +11,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check modelfs tests scripts

@@ -48,3 +48,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   .venv/bin/juicefs version >/dev/null && .venv/bin/rclone version >/dev/null
   touch "$stamp"
 fi
+# Byte-compile modelfs itself (an editable install is not): every CLI command and mount
+# daemon would otherwise compile it again at start, 0.2 s each where
+# PYTHONDONTWRITEBYTECODE is set. Stale files are only rewritten.
+.venv/bin/python -m compileall -q modelfs

@@ -368,3 +368,16 @@ def fs_mounts(tmp_path: Path) -> Iterator:
     yield make
     for m in made:
         m.close()
+
+
+def _utf8_safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Captured output naming a file that is not UTF-8 (a hostile name, kept as
+    surrogates) cannot cross to pytest-xdist's controller: escape it first."""
+    report.sections = [(title, _utf8_safe(text)) for title, text in report.sections]
+    if isinstance(report.longrepr, str):
+        report.longrepr = _utf8_safe(report.longrepr)
